@@ -1,0 +1,31 @@
+"""hlsandbox: Hyperlight-style micro-VM sandboxes on Linux KVM, hosted from Python.
+
+    import hlsandbox as hl
+    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"), hl.SandboxConfiguration(heap_size="8Mi"))
+    u.register("HostAdd", lambda a, b: a + b, params=(hl.i32, hl.i32), returns=hl.i32)
+    sb = u.evolve()
+    assert sb.call("Echo", "hi") == "hi"
+"""
+from . import guests
+from .errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEmulationFailure, GuestError,
+                     GuestFault, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
+                     HostFunctionError, HostFunctionNotFound, HyperlightError, InvalidConfiguration,
+                     InvalidGuestBinary, InvalidSnapshot, KvmUnavailable, MemoryAccessViolation,
+                     PoisonedSandbox, SnapshotMismatch, StackOverflow)
+from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
+from .mem.elf import GuestBinary
+from .sandbox.config import SandboxConfiguration
+from .sandbox.interrupt import InterruptHandle
+from .sandbox.multi_use import MultiUseSandbox
+from .sandbox.uninitialized import UninitializedSandbox
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBinary", "GuestEmulationFailure", "GuestError",
+    "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
+    "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
+    "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
+    "PoisonedSandbox", "SandboxConfiguration", "Signature", "SnapshotMismatch", "StackOverflow",
+    "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
+]

@@ -1,0 +1,1 @@
+"""The functions layer: value types, the wire format and host-function registry."""

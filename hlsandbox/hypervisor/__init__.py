@@ -1,0 +1,1 @@
+"""The hypervisor layer: KVM VMs and vCPUs (kvm.pyx)."""

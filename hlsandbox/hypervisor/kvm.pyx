@@ -1,0 +1,404 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""KVM in Cython: the VM, its vCPU and memory slot, and the run loop.
+
+KVM_RUN runs without the GIL. The hot path sets no registers: the guest's
+dispatch loop resumes from its last `out` (docs/abi.md), so a call is one
+KVM_RUN and one exit. Cancellation is a signal to the vCPU thread plus
+`immediate_exit`, so a kill that lands just before KVM_RUN is not lost."""
+import os
+import threading
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memset
+from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
+from posix.unistd cimport close as c_close
+from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from cpython.exc cimport PyErr_CheckSignals
+
+from ..errors import KvmUnavailable
+
+cdef extern from "errno.h":
+    int errno
+    int EINTR, EAGAIN
+
+cdef extern from "pthread.h" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+    int pthread_kill(pthread_t thread, int sig)
+
+cdef extern from "sys/ioctl.h" nogil:
+    int ioctl(int fd, unsigned long request, ...)
+
+cdef extern from "kvm_shim.h" nogil:
+    struct kvm_regs:
+        uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp
+        uint64_t r8, r9, r10, r11, r12, r13, r14, r15
+        uint64_t rip, rflags
+    struct kvm_segment:
+        uint64_t base
+        uint32_t limit
+        uint16_t selector
+        uint8_t type, present, dpl, db, s, l, g, avl, unusable
+    struct kvm_dtable:
+        uint64_t base
+        uint16_t limit
+    struct kvm_sregs:
+        kvm_segment cs, ds, es, fs, gs, ss, tr, ldt
+        kvm_dtable gdt, idt
+        uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base
+    struct kvm_userspace_memory_region:
+        uint32_t slot, flags
+        uint64_t guest_phys_addr, memory_size, userspace_addr
+    struct kvm_run:
+        uint8_t request_interrupt_window, immediate_exit
+        uint32_t exit_reason
+        uint64_t kvm_valid_regs, kvm_dirty_regs
+    unsigned long KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE
+    unsigned long KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_RUN
+    unsigned long KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS
+    int KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SYNC_REGS, KVM_CAP_USER_MEMORY
+    int KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR
+    int KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTR, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_IO_OUT
+    uint8_t hl_io_direction(kvm_run *r)
+    uint16_t hl_io_port(kvm_run *r)
+    uint8_t hl_io_size(kvm_run *r)
+    uint32_t hl_io_count(kvm_run *r)
+    uint8_t hl_io_byte(kvm_run *r)
+    uint64_t hl_mmio_addr(kvm_run *r)
+    uint32_t hl_mmio_len(kvm_run *r)
+    uint8_t hl_mmio_is_write(kvm_run *r)
+    uint32_t hl_internal_suberror(kvm_run *r)
+    uint32_t hl_internal_ndata(kvm_run *r)
+    uint64_t hl_internal_data(kvm_run *r, int i)
+    uint64_t hl_fail_entry_reason(kvm_run *r)
+    int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd)
+    int hl_install_cancel_handler(int sig)
+
+# What run() returns besides a port number (0..65535) for `out`.
+EXIT_CANCELED = -1
+EXIT_MMIO = -2
+EXIT_SHUTDOWN = -3
+EXIT_INTERNAL_ERROR = -4
+EXIT_HLT = -5
+EXIT_BAD_IO = -6
+EXIT_FAIL_ENTRY = -7
+EXIT_OTHER = -8
+
+import signal as _signal
+CANCEL_SIGNAL = _signal.SIGRTMIN + 2
+
+cdef int _kvm_fd = -1
+cdef int _run_size = 0
+_kvm_lock = threading.Lock()
+
+
+def is_kvm_pvm() -> bool:
+    """True on kvm-pvm, the paravirtual KVM that emulates guest CPL0 code."""
+    return os.path.exists("/sys/module/kvm_pvm")
+
+
+cdef int kvm_fd() except -1:
+    """Opens /dev/kvm once per process and checks what hlsandbox needs of it."""
+    global _kvm_fd, _run_size
+    if _kvm_fd >= 0:
+        return _kvm_fd
+    with _kvm_lock:
+        if _kvm_fd >= 0:
+            return _kvm_fd
+        path = os.environ.get("HLSANDBOX_KVM_DEVICE", "/dev/kvm")
+        fd = c_open(path.encode(), O_RDWR | O_CLOEXEC)
+        if fd < 0:
+            err = errno
+            why = {2: "it does not exist (is the kvm module loaded? is this a VM without nested virtualization?)",
+                   13: "permission denied (add the user to the 'kvm' group or fix the device's mode)",
+                   1: "operation not permitted"}.get(err, os.strerror(err))
+            raise KvmUnavailable(f"cannot open {path}: {why}")
+        try:
+            version = ioctl(fd, KVM_GET_API_VERSION, 0)
+            if version != 12:
+                raise KvmUnavailable(f"{path}: KVM API version {version}, expected 12")
+            for cap, name in ((KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"),
+                              (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY")):
+                if ioctl(fd, KVM_CHECK_EXTENSION, cap) <= 0:
+                    raise KvmUnavailable(f"{path}: missing {name}")
+            size = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0)
+            if size <= 0:
+                raise KvmUnavailable(f"{path}: KVM_GET_VCPU_MMAP_SIZE failed: {os.strerror(errno)}")
+            if hl_install_cancel_handler(CANCEL_SIGNAL) != 0:
+                raise KvmUnavailable(f"cannot install the cancellation signal handler: {os.strerror(errno)}")
+        except BaseException:
+            c_close(fd)
+            raise
+        _run_size = size
+        _kvm_fd = fd
+        return fd
+
+
+def check_kvm() -> None:
+    """Raises KvmUnavailable naming the cause if /dev/kvm cannot be used."""
+    kvm_fd()
+    cdef int vm = ioctl(_kvm_fd, KVM_CREATE_VM, 0)
+    if vm < 0:
+        raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
+    c_close(vm)
+
+
+cdef inline void _user_segment(kvm_segment *s, uint16_t selector, bint code):
+    memset(s, 0, sizeof(kvm_segment))
+    s.base = 0
+    s.limit = 0xffffffff
+    s.selector = selector
+    s.type = 11 if code else 3
+    s.present = 1
+    s.dpl = 3
+    s.s = 1
+    s.g = 1
+    s.l = 1 if code else 0
+    s.db = 0 if code else 1
+
+
+cdef class VirtualMachine:
+    """One VM with one vCPU and guest memory in slot 0 at guest physical address 0."""
+
+    cdef int vm_fd, vcpu_fd
+    cdef kvm_run *run_ptr
+    cdef object memory  # keeps the guest memory mapped while KVM uses it
+    cdef pthread_t thread
+    cdef bint cancel_requested
+    cdef readonly bint active  # a call is running (guarded by lock)
+    cdef readonly uint64_t generation  # counts calls, so a late kill cannot hit a later call
+    cdef readonly object lock
+    cdef readonly bint closed
+
+    def __cinit__(self):
+        self.vm_fd = -1
+        self.vcpu_fd = -1
+        self.run_ptr = NULL
+
+    def __init__(self, memory, size_t host_address, uint64_t size):
+        """memory: an object exporting the guest memory buffer, at host_address, size bytes."""
+        cdef int kfd = kvm_fd()
+        cdef kvm_userspace_memory_region region
+        self.lock = threading.Lock()
+        self.memory = memory
+        self.vm_fd = ioctl(kfd, KVM_CREATE_VM, 0)
+        if self.vm_fd < 0:
+            raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
+        try:
+            memset(&region, 0, sizeof(region))
+            region.slot = 0
+            region.guest_phys_addr = 0
+            region.memory_size = size
+            region.userspace_addr = host_address
+            if ioctl(self.vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0:
+                raise OSError(errno, f"KVM_SET_USER_MEMORY_REGION ({size} bytes): {os.strerror(errno)}")
+            self.vcpu_fd = ioctl(self.vm_fd, KVM_CREATE_VCPU, 0)
+            if self.vcpu_fd < 0:
+                raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(errno)}")
+            p = mmap(NULL, _run_size, PROT_READ | PROT_WRITE, MAP_SHARED, self.vcpu_fd, 0)
+            if p == MAP_FAILED:
+                raise OSError(errno, f"mmap of kvm_run failed: {os.strerror(errno)}")
+            self.run_ptr = <kvm_run *>p
+            rc = hl_set_supported_cpuid(kfd, self.vcpu_fd)
+            if rc < 0:
+                raise OSError(-rc, f"KVM_SET_CPUID2 failed: {os.strerror(-rc)}")
+        except BaseException:
+            self._release()
+            raise
+
+    cdef void _release(self) noexcept:
+        if self.run_ptr != NULL:
+            munmap(self.run_ptr, _run_size)
+            self.run_ptr = NULL
+        if self.vcpu_fd >= 0:
+            c_close(self.vcpu_fd)
+            self.vcpu_fd = -1
+        if self.vm_fd >= 0:
+            c_close(self.vm_fd)
+            self.vm_fd = -1
+        self.memory = None
+
+    def close(self) -> None:
+        """Destroys the VM; safe against a concurrent kill() and idempotent."""
+        with self.lock:
+            self.closed = True
+            self._release()
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef inline void _check(self) except *:
+        if self.run_ptr == NULL:
+            raise ValueError("the VM is closed")
+
+    def setup_long_mode(self, uint64_t cr3, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
+                        uint16_t idt_limit, uint64_t tss, uint32_t tss_limit) -> None:
+        """64-bit mode with paging, CS/SS at CPL3, the TSS for faults and I/O permissions."""
+        self._check()
+        cdef kvm_sregs s
+        if ioctl(self.vcpu_fd, KVM_GET_SREGS, &s) < 0:
+            raise OSError(errno, "KVM_GET_SREGS")
+        s.cr3 = cr3
+        s.cr4 = 0x20 | 0x200 | 0x400  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
+        s.cr0 = 0x80010033  # PG, WP, NE, ET, MP, PE
+        s.efer = 0xD01  # NXE, LMA, LME, SCE
+        _user_segment(&s.cs, 0x23, True)
+        _user_segment(&s.ss, 0x1b, False)
+        s.ds = s.ss
+        s.es = s.ss
+        s.fs = s.ss
+        s.gs = s.ss
+        memset(&s.tr, 0, sizeof(kvm_segment))
+        s.tr.base = tss
+        s.tr.limit = tss_limit
+        s.tr.selector = 0x28
+        s.tr.type = 11  # busy 64-bit TSS
+        s.tr.present = 1
+        s.gdt.base = gdt
+        s.gdt.limit = gdt_limit
+        s.idt.base = idt
+        s.idt.limit = idt_limit
+        if ioctl(self.vcpu_fd, KVM_SET_SREGS, &s) < 0:
+            raise OSError(errno, f"KVM_SET_SREGS: {os.strerror(errno)}")
+
+    def set_regs(self, **values) -> None:
+        """Sets general registers by name (others zero, rflags 0x2 unless given)."""
+        self._check()
+        cdef kvm_regs r
+        memset(&r, 0, sizeof(r))
+        r.rflags = 2
+        d = dict(values)
+        r.rax = d.pop("rax", 0); r.rbx = d.pop("rbx", 0); r.rcx = d.pop("rcx", 0); r.rdx = d.pop("rdx", 0)
+        r.rsi = d.pop("rsi", 0); r.rdi = d.pop("rdi", 0); r.rsp = d.pop("rsp", 0); r.rbp = d.pop("rbp", 0)
+        r.r8 = d.pop("r8", 0); r.r9 = d.pop("r9", 0); r.r10 = d.pop("r10", 0); r.r11 = d.pop("r11", 0)
+        r.r12 = d.pop("r12", 0); r.r13 = d.pop("r13", 0); r.r14 = d.pop("r14", 0); r.r15 = d.pop("r15", 0)
+        r.rip = d.pop("rip", 0); r.rflags = d.pop("rflags", 2)
+        if d:
+            raise ValueError(f"unknown registers: {sorted(d)}")
+        if ioctl(self.vcpu_fd, KVM_SET_REGS, &r) < 0:
+            raise OSError(errno, f"KVM_SET_REGS: {os.strerror(errno)}")
+
+    def get_regs(self) -> dict:
+        """The general registers (a vCPU ioctl: not for the hot path)."""
+        self._check()
+        cdef kvm_regs r
+        if ioctl(self.vcpu_fd, KVM_GET_REGS, &r) < 0:
+            raise OSError(errno, f"KVM_GET_REGS: {os.strerror(errno)}")
+        return dict(rax=r.rax, rbx=r.rbx, rcx=r.rcx, rdx=r.rdx, rsi=r.rsi, rdi=r.rdi, rsp=r.rsp,
+                    rbp=r.rbp, r8=r.r8, r9=r.r9, r10=r.r10, r11=r.r11, r12=r.r12, r13=r.r13,
+                    r14=r.r14, r15=r.r15, rip=r.rip, rflags=r.rflags)
+
+    def get_sregs(self) -> dict:
+        self._check()
+        cdef kvm_sregs s
+        if ioctl(self.vcpu_fd, KVM_GET_SREGS, &s) < 0:
+            raise OSError(errno, f"KVM_GET_SREGS: {os.strerror(errno)}")
+        return dict(cr0=s.cr0, cr2=s.cr2, cr3=s.cr3, cr4=s.cr4, efer=s.efer, cs=s.cs.selector,
+                    ss=s.ss.selector, cpl=s.cs.dpl)
+
+    # -- running ------------------------------------------------------------------------------
+
+    def begin_call(self) -> int:
+        """Marks a call as running on this thread, so kill() can reach it; returns its generation."""
+        with self.lock:
+            self._check()
+            self.thread = pthread_self()
+            self.cancel_requested = False
+            self.run_ptr.immediate_exit = 0
+            self.active = True
+            self.generation += 1
+            return self.generation
+
+    def end_call(self) -> None:
+        """Ends the running call: a kill() from now on does not affect the next one."""
+        with self.lock:
+            self.active = False
+            self.cancel_requested = False
+            if self.run_ptr != NULL:
+                self.run_ptr.immediate_exit = 0
+
+    def kill(self, generation: int = -1) -> bool:
+        """Stops the running call (from any thread); False if no call is running, or if
+        `generation` is given and the running call is not that one."""
+        with self.lock:
+            if not self.active or self.run_ptr == NULL:
+                return False
+            if generation >= 0 and generation != self.generation:
+                return False
+            self.cancel_requested = True
+            self.run_ptr.immediate_exit = 1  # a kill just before KVM_RUN is not lost
+            pthread_kill(self.thread, CANCEL_SIGNAL)
+            return True
+
+    def run(self) -> int:
+        """Runs the vCPU until an exit hlsandbox handles: returns the port of an `out`,
+        or one of the EXIT_* codes (EXIT_CANCELED after kill())."""
+        self._check()
+        cdef int rc, err
+        cdef uint32_t reason
+        cdef kvm_run *run = self.run_ptr
+        cdef int fd = self.vcpu_fd
+        while True:
+            with nogil:
+                rc = ioctl(fd, KVM_RUN, 0)
+                err = errno
+            if rc < 0:
+                if err == EINTR or err == EAGAIN:
+                    if self.cancel_requested:
+                        return EXIT_CANCELED
+                    PyErr_CheckSignals()  # e.g. KeyboardInterrupt on the main thread
+                    continue
+                raise OSError(err, f"KVM_RUN failed: {os.strerror(err)}")
+            reason = run.exit_reason
+            if reason == KVM_EXIT_IO:
+                if hl_io_direction(run) == KVM_EXIT_IO_OUT and hl_io_size(run) == 1 and hl_io_count(run) == 1:
+                    return hl_io_port(run)
+                return EXIT_BAD_IO
+            if reason == KVM_EXIT_INTR:
+                if self.cancel_requested:
+                    return EXIT_CANCELED
+                PyErr_CheckSignals()
+                continue
+            if reason == KVM_EXIT_MMIO:
+                return EXIT_MMIO
+            if reason == KVM_EXIT_SHUTDOWN:
+                return EXIT_SHUTDOWN
+            if reason == KVM_EXIT_INTERNAL_ERROR:
+                return EXIT_INTERNAL_ERROR
+            if reason == KVM_EXIT_HLT:
+                return EXIT_HLT
+            if reason == KVM_EXIT_FAIL_ENTRY:
+                return EXIT_FAIL_ENTRY
+            return EXIT_OTHER
+
+    # -- exit details (read after run() returned) ---------------------------------------------
+
+    @property
+    def exit_reason(self) -> int:
+        self._check()
+        return self.run_ptr.exit_reason
+
+    def io_byte(self) -> int:
+        """The byte of the last `out`."""
+        self._check()
+        return hl_io_byte(self.run_ptr)
+
+    def io_detail(self) -> dict:
+        self._check()
+        return dict(port=hl_io_port(self.run_ptr), size=hl_io_size(self.run_ptr),
+                    count=hl_io_count(self.run_ptr), out=hl_io_direction(self.run_ptr) == KVM_EXIT_IO_OUT)
+
+    def mmio_detail(self) -> dict:
+        self._check()
+        return dict(address=hl_mmio_addr(self.run_ptr), length=hl_mmio_len(self.run_ptr),
+                    write=bool(hl_mmio_is_write(self.run_ptr)))
+
+    def internal_error(self) -> dict:
+        self._check()
+        n = min(hl_internal_ndata(self.run_ptr), 16)
+        return dict(suberror=hl_internal_suberror(self.run_ptr),
+                    data=[hl_internal_data(self.run_ptr, i) for i in range(n)])
+
+    def fail_entry_reason(self) -> int:
+        self._check()
+        return hl_fail_entry_reason(self.run_ptr)

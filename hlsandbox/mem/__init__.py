@@ -1,0 +1,1 @@
+"""The memory layer: layout, ELF loading, guest memory and page tables."""

@@ -1,0 +1,1 @@
+"""The public sandbox API: configuration, uninitialized and multi-use sandboxes."""

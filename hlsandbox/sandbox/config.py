@@ -1,0 +1,82 @@
+"""SandboxConfiguration: sizes and limits of a sandbox, validated up front."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Union
+
+from ..errors import InvalidConfiguration
+
+Size = Union[int, str]
+
+PAGE_SIZE = 4096
+_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(Ki|Mi|Gi|)\s*$")
+
+# Smallest and largest values each size may take.
+_LIMITS = {
+    "heap_size": (PAGE_SIZE, 64 << 30),
+    "stack_size": (2 * PAGE_SIZE, 1 << 30),
+    "input_data_size": (PAGE_SIZE, 1 << 30),
+    "output_data_size": (PAGE_SIZE, 1 << 30),
+}
+
+LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "information": 2, "warning": 3, "error": 4,
+              "critical": 5, "none": 6}
+
+
+def parse_size(name: str, value: Size) -> int:
+    """Turns 4096, "64Ki", "8Mi" or "1Gi" into bytes; raises InvalidConfiguration otherwise."""
+    if isinstance(value, bool):
+        raise InvalidConfiguration(f"{name} must be a size, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if not m:
+            raise InvalidConfiguration(
+                f"{name}={value!r} is not a size: use bytes or a number with Ki, Mi or Gi")
+        n = int(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise InvalidConfiguration(f"{name} must be an int or a string such as '64Ki', got {type(value).__name__}")
+    lo, hi = _LIMITS[name]
+    if n < lo or n > hi:
+        raise InvalidConfiguration(f"{name}={value!r} ({n} bytes) is outside [{lo}, {hi}]")
+    return n
+
+
+def page_align(n: int) -> int:
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+@dataclass
+class SandboxConfiguration:
+    """Sizes and limits of a sandbox.
+
+    Sizes are bytes or strings such as "64Ki", "8Mi", "1Gi" and are rounded up to
+    whole pages. `guest_log_level` is the least severe guest log level forwarded
+    ("trace" ... "critical", "none", or 0..6); None follows the `hlsandbox.guest`
+    logger's effective level. `max_execution_time` (seconds, or None) limits each call.
+    """
+
+    heap_size: Size = "1Mi"
+    stack_size: Size = "256Ki"
+    input_data_size: Size = "64Ki"
+    output_data_size: Size = "64Ki"
+    guest_log_level: Union[int, str, None] = None
+    max_execution_time: Union[float, None] = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name in _LIMITS:
+                setattr(self, f.name, page_align(parse_size(f.name, getattr(self, f.name))))
+        lvl = self.guest_log_level
+        if isinstance(lvl, str):
+            if lvl.lower() not in LOG_LEVELS:
+                raise InvalidConfiguration(f"guest_log_level={lvl!r}: use one of {sorted(LOG_LEVELS)}")
+            self.guest_log_level = LOG_LEVELS[lvl.lower()]
+        elif lvl is not None and (isinstance(lvl, bool) or not isinstance(lvl, int) or not 0 <= lvl <= 6):
+            raise InvalidConfiguration(f"guest_log_level={lvl!r}: use 0..6 or a level name")
+        t = self.max_execution_time
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+            raise InvalidConfiguration(f"max_execution_time={t!r}: use a positive number of seconds or None")

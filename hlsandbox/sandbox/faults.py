@@ -1,0 +1,90 @@
+"""Turns the ways a guest can stop unexpectedly into precise exceptions."""
+from __future__ import annotations
+
+import struct
+
+from ..errors import (GuestEmulationFailure, GuestFault, HyperlightError, MemoryAccessViolation,
+                      StackOverflow)
+from ..hypervisor import kvm
+from ..mem.layout import SandboxMemoryLayout
+from ..mem.shared_memory import SharedMemory
+from ..mem.system_tables import DOUBLE_FAULT
+
+VECTOR_NAMES = {
+    0: "#DE divide error", 1: "#DB debug", 2: "NMI", 3: "#BP breakpoint", 4: "#OF overflow",
+    5: "#BR bound range", 6: "#UD invalid opcode", 7: "#NM device not available", 8: "#DF double fault",
+    10: "#TS invalid TSS", 11: "#NP segment not present", 12: "#SS stack fault",
+    13: "#GP general protection", 14: "#PF page fault", 16: "#MF x87 error", 17: "#AC alignment check",
+    18: "#MC machine check", 19: "#XM SIMD floating point", 20: "#VE virtualization",
+    21: "#CP control protection",
+}
+FRAME = struct.Struct("<9Q")  # cr2, rax, vector, error, rip, cs, rflags, rsp, ss (ascending addresses)
+
+
+def _access(error_code: int) -> str:
+    if error_code & 0x10:
+        return "execute"
+    return "write" if error_code & 0x2 else "read"
+
+
+def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int) -> HyperlightError:
+    """Reads the frame the SDK's fault stub left on the CPL0 stack (docs/abi.md, Faults)."""
+    top = layout.ist1 if vector_out == DOUBLE_FAULT else layout.rsp0
+    cr2, _rax, vector, error, rip, cs, _rflags, rsp, _ss = FRAME.unpack(mem.read(top - FRAME.size, FRAME.size))
+    if vector != vector_out or vector > 31:
+        return GuestFault(f"guest fault report is inconsistent (port said vector {vector_out}, stack says "
+                          f"{vector})", vector_out)
+    name = VECTOR_NAMES.get(vector, f"vector {vector}")
+    where = f"at rip={rip:#x}" + ("" if cs & 3 == 3 else " (in CPL0 code)")
+    if vector == 14:
+        access = _access(error)
+        if layout.guard_gpa <= cr2 < layout.guard_gpa + 4096:
+            return StackOverflow(f"guest stack overflow: {access} of guard page address {cr2:#x} {where} "
+                                 f"(rsp={rsp:#x})", cr2, vector, error, rip)
+        kind = "not mapped" if not error & 1 else "protection violation"
+        return MemoryAccessViolation(f"guest memory access violation: {access} of {cr2:#x} ({kind}) {where}",
+                                     cr2, access, vector, error, rip)
+    return GuestFault(f"guest fault {name} (error code {error:#x}) {where}", vector, error, rip)
+
+
+def fault_from_exit(code: int, vm: "kvm.VirtualMachine") -> HyperlightError:
+    """An exit that is not one of the ABI's ports."""
+    pvm = " (kvm-pvm emulates guest CPL0 and 32-bit code)" if kvm.is_kvm_pvm() else ""
+    if code == kvm.EXIT_MMIO:
+        d = vm.mmio_detail()
+        return MemoryAccessViolation(f"guest {'write' if d['write'] else 'read'} of unbacked guest physical "
+                                     f"address {d['address']:#x}", d["address"], "write" if d["write"] else "read",
+                                     vector=-1)
+    rip = _rip(vm)
+    if code == kvm.EXIT_INTERNAL_ERROR:
+        e = vm.internal_error()
+        data = " ".join(f"{x:#x}" for x in e["data"])
+        insn = ""
+        if e["suberror"] == 1 and len(e["data"]) >= 3:
+            raw = b"".join(x.to_bytes(8, "little") for x in e["data"][1:3])
+            insn = f"; instruction bytes {raw.hex(' ')}"
+        if e["suberror"] == 1:
+            return GuestEmulationFailure(f"KVM could not emulate a guest instruction at rip={rip:#x}{pvm}{insn} "
+                                         f"(internal error data: {data})", -1, 0, rip)
+        return GuestFault(f"KVM internal error, suberror {e['suberror']}, at rip={rip:#x}{pvm} (data: {data})", -1,
+                          0, rip)
+    if code == kvm.EXIT_SHUTDOWN:
+        return GuestFault(f"guest triple fault (shutdown) near rip={rip:#x}", -1, 0, rip)
+    if code == kvm.EXIT_HLT:
+        return GuestFault(f"guest executed hlt in CPL0 code at rip={rip:#x}", -1, 0, rip)
+    if code == kvm.EXIT_BAD_IO:
+        d = vm.io_detail()
+        return GuestFault(f"guest port I/O the ABI does not use: {'out' if d['out'] else 'in'} port {d['port']:#x}, "
+                          f"size {d['size']}, count {d['count']}", -1, 0, rip)
+    if code == kvm.EXIT_FAIL_ENTRY:
+        return GuestFault(f"KVM failed to enter the guest (hardware reason {vm.fail_entry_reason():#x})", -1, 0, rip)
+    if code >= 0:
+        return GuestFault(f"guest wrote to port {code}, which the ABI does not define", -1, 0, rip)
+    return GuestFault(f"unexpected KVM exit reason {vm.exit_reason}{pvm} at rip={rip:#x}", -1, 0, rip)
+
+
+def _rip(vm: "kvm.VirtualMachine") -> int:
+    try:
+        return vm.get_regs()["rip"]
+    except OSError:
+        return 0

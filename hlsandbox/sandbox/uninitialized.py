@@ -1,0 +1,49 @@
+"""UninitializedSandbox: a guest binary, its configuration and host functions, before the VM exists."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Optional, TextIO, Union
+
+from ..func.host_functions import HostFunctionRegistry
+from ..func.types import Signature
+from ..mem.elf import GuestBinary
+from .config import SandboxConfiguration
+
+Writer = Union[TextIO, Callable[[str], Any], None]
+
+
+class UninitializedSandbox:
+    """A sandbox being prepared: register host functions, then evolve() it.
+
+    `guest` is a path, the ELF's bytes, or a GuestBinary. `writer` receives what the
+    guest prints: a file-like object or a callable taking a string (default sys.stdout).
+    """
+
+    def __init__(self, guest: Union[GuestBinary, str, os.PathLike, bytes],
+                 config: Optional[SandboxConfiguration] = None, *, writer: Writer = None) -> None:
+        self.binary = GuestBinary.coerce(guest)
+        if config is not None and not isinstance(config, SandboxConfiguration):
+            raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
+        self.config = config or SandboxConfiguration()
+        self.writer = writer
+        self.host_functions = HostFunctionRegistry()
+        self._evolved = False
+
+    def register(self, name: str, fn: Callable[..., Any], params: Optional[Iterable[Any]] = None,
+                 returns: Any = None) -> Signature:
+        """Registers a host function the guest can call by name.
+
+        Types come from `params`/`returns` (hl.i32 ..., bool, str, bytes, None for void) or,
+        when `params` is omitted, from fn's type hints. Returns the signature."""
+        if self._evolved:
+            raise RuntimeError("cannot register host functions after evolve()")
+        return self.host_functions.register(name, fn, params, returns)
+
+    def evolve(self) -> "MultiUseSandbox":
+        """Creates the VM, runs the guest's initialisation and returns the ready sandbox."""
+        if self._evolved:
+            raise RuntimeError("this UninitializedSandbox was already evolved")
+        from .multi_use import MultiUseSandbox
+        sb = MultiUseSandbox._create(self.binary, self.config, self.host_functions, self.writer)
+        self._evolved = True
+        return sb
