@@ -1,0 +1,116 @@
+/* hlguest.h - the hlsandbox guest SDK (amd64 profile).
+ *
+ * A guest defines hyperlight_main(), registers its functions there with
+ * hl_register(), and the SDK does the rest: entry, dispatch loop, record
+ * encoding (docs/abi.md), host calls, logging, abort, heap, fault stubs.
+ * Freestanding: no libc. Guest code runs at CPL3. */
+#ifndef HLGUEST_H
+#define HLGUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum {
+  HL_VOID = 0,
+  HL_I32 = 1,
+  HL_U32 = 2,
+  HL_I64 = 3,
+  HL_U64 = 4,
+  HL_F32 = 5,
+  HL_F64 = 6,
+  HL_BOOL = 7,
+  HL_STR = 8,
+  HL_BYTES = 9,
+} hl_type;
+
+/* A typed value. For HL_STR, `str` is NUL-terminated and `len` excludes the
+ * NUL; for HL_BYTES, `bytes`/`len`. Argument strings and bytes point into the
+ * input buffer and stay valid until the guest function returns. */
+typedef struct {
+  hl_type type;
+  uint32_t len;
+  union {
+    int32_t i32;
+    uint32_t u32;
+    int64_t i64;
+    uint64_t u64;
+    float f32;
+    double f64;
+    bool b;
+    const char *str;
+    const uint8_t *bytes;
+  };
+} hl_value;
+
+#define HL_MAX_PARAMS 16
+
+/* A guest function receives its arguments (already checked against the
+ * registered signature) and returns its result. To fail, call hl_fail()
+ * and return anything. */
+typedef hl_value (*hl_guest_fn)(const hl_value *args);
+
+/* Registers a guest function; call from hyperlight_main(). */
+void hl_register(const char *name, hl_guest_fn fn, hl_type ret, int nparams, const hl_type *params);
+
+/* Convenience constructors. */
+static inline hl_value hl_void(void) { hl_value v = {.type = HL_VOID}; return v; }
+static inline hl_value hl_i32(int32_t x) { hl_value v = {.type = HL_I32, .i32 = x}; return v; }
+static inline hl_value hl_u32(uint32_t x) { hl_value v = {.type = HL_U32, .u32 = x}; return v; }
+static inline hl_value hl_i64(int64_t x) { hl_value v = {.type = HL_I64, .i64 = x}; return v; }
+static inline hl_value hl_u64(uint64_t x) { hl_value v = {.type = HL_U64, .u64 = x}; return v; }
+static inline hl_value hl_f32(float x) { hl_value v = {.type = HL_F32, .f32 = x}; return v; }
+static inline hl_value hl_f64(double x) { hl_value v = {.type = HL_F64, .f64 = x}; return v; }
+static inline hl_value hl_bool(bool x) { hl_value v = {.type = HL_BOOL, .b = x}; return v; }
+hl_value hl_str(const char *s); /* NUL-terminated */
+static inline hl_value hl_bytes(const void *p, uint32_t n) {
+  hl_value v = {.type = HL_BYTES, .len = n, .bytes = (const uint8_t *)p};
+  return v;
+}
+
+/* Marks the current guest call as failed with an error code (docs/abi.md)
+ * and message (copied); the dispatcher sends an ERROR record instead of the
+ * result. */
+void hl_fail(uint32_t code, const char *message);
+
+/* Calls a host function by name. Returns 0 and sets *ret (if not NULL) on
+ * success; on failure returns the error code (4 host function raised, 5 not
+ * found or wrong types) and *ret holds the message as HL_STR. Returned
+ * strings/bytes stay valid until the next host call or the end of the call. */
+uint32_t hl_call_host(const char *name, hl_type ret_type, int nargs, const hl_value *args, hl_value *ret);
+
+/* Logging: level 0 trace .. 5 critical. Records below the host's level are
+ * dropped in the guest. */
+enum { HL_LOG_TRACE = 0, HL_LOG_DEBUG, HL_LOG_INFO, HL_LOG_WARNING, HL_LOG_ERROR, HL_LOG_CRITICAL };
+void hl_log_at(int level, const char *file, uint32_t line, const char *message);
+#define hl_log(level, message) hl_log_at((level), __FILE__, __LINE__, (message))
+
+/* Prints text through the host's writer. Returns the number of bytes. */
+int32_t hl_print(const char *text);
+
+/* Aborts the guest: the call raises GuestAborted(code, message). */
+__attribute__((noreturn)) void hl_abort(int32_t code, const char *message);
+
+/* Heap (a first-fit free-list allocator over the heap region). */
+void *hl_malloc(size_t n);
+void *hl_calloc(size_t n, size_t size);
+void *hl_realloc(void *p, size_t n);
+void hl_free(void *p);
+
+/* Freestanding helpers (also used by the compiler for struct copies). */
+void *memcpy(void *dst, const void *src, size_t n);
+void *memmove(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+
+/* Formats a signed integer in decimal into buf (at least 21 bytes); returns buf. */
+char *hl_itoa(int64_t v, char *buf);
+
+/* The random 64-bit seed the host passed at entry (docs/abi.md, rsi). */
+uint64_t hl_seed(void);
+
+/* The guest's own entry point: register functions here. */
+void hyperlight_main(void);
+
+#endif

@@ -1,0 +1,149 @@
+/* simpleguest.c - the test and benchmark guest: echoes every type, calls the
+ * host, logs, prints, aborts, and faults in the ways the host must report. */
+#include "hlguest.h"
+
+/* ---- echoes ---- */
+
+static hl_value echo(const hl_value *args) { return args[0]; }
+
+static hl_value add(const hl_value *args) {
+  /* Wrap like the host's i32 arithmetic would; signed overflow is UB in C. */
+  return hl_i32((int32_t)((uint32_t)args[0].i32 + (uint32_t)args[1].i32));
+}
+
+/* ---- talking to the host ---- */
+
+static hl_value print_output(const hl_value *args) { return hl_i32(hl_print(args[0].str)); }
+
+static hl_value call_host_add(const hl_value *args) {
+  hl_value ret;
+  uint32_t rc = hl_call_host("HostAdd", HL_I32, 2, args, &ret);
+  if (rc != 0) {
+    hl_fail(rc, ret.str); /* propagate the host's code and message */
+    return hl_void();
+  }
+  return ret;
+}
+
+static hl_value log_message(const hl_value *args) {
+  hl_log(args[1].i32, args[0].str);
+  return hl_void();
+}
+
+static hl_value abort_guest(const hl_value *args) { hl_abort(args[0].i32, args[1].str); }
+
+/* ---- guest state ---- */
+
+static int32_t static_value;
+
+static hl_value set_static(const hl_value *args) {
+  static_value = args[0].i32;
+  return hl_i32(static_value);
+}
+
+static hl_value get_static(const hl_value *args) {
+  (void)args;
+  return hl_i32(static_value);
+}
+
+static hl_value malloc_bytes(const hl_value *args) {
+  size_t n = (size_t)args[0].u64;
+  void *p = hl_malloc(n);
+  if (p != NULL) memset(p, 0xA5, n); /* touch every byte */
+  return hl_u64((uint64_t)(uintptr_t)p);
+}
+
+static hl_value free_bytes(const hl_value *args) {
+  hl_free((void *)(uintptr_t)args[0].u64);
+  return hl_void();
+}
+
+/* ---- failures the host must catch ---- */
+
+__attribute__((noreturn)) static hl_value spin(const hl_value *args) {
+  (void)args;
+  for (;;) __asm__ volatile("");
+}
+
+/* Each level keeps 1 KiB alive across the recursive call, so neither the
+ * frame nor the recursion can be optimised away; returns depth. */
+__attribute__((noinline)) static int32_t recurse(int32_t depth) {
+  volatile uint8_t pad[1024];
+  pad[0] = 1;
+  pad[sizeof pad - 1] = 1;
+  if (depth <= 0) return 0;
+  int32_t below = recurse(depth - 1);
+  return below + pad[0] + pad[sizeof pad - 1] - 1;
+}
+
+static hl_value stack_overflow(const hl_value *args) { return hl_i32(recurse(args[0].i32)); }
+
+static hl_value read_address(const hl_value *args) {
+  return hl_u64(*(volatile uint64_t *)(uintptr_t)args[0].u64);
+}
+
+static hl_value write_to_code(const hl_value *args) {
+  (void)args;
+  /* Code pages are read-only: this write faults. It writes back the byte it
+   * read, so a host that wrongly allows it does not corrupt the code. */
+  volatile uint8_t *code = (volatile uint8_t *)(uintptr_t)&get_static;
+  *code = *code;
+  return hl_void();
+}
+
+static hl_value divide_by_zero(const hl_value *args) {
+  volatile int32_t divisor = args[0].i32;
+  return hl_i32(100 / divisor);
+}
+
+/* ---- benchmark ---- */
+
+static hl_value sum(const hl_value *args) {
+  uint64_t n = args[0].u64;
+  /* Benchmarks run the same loop natively on the host: keep it identical. */
+  uint64_t s = 0;
+  for (uint64_t i = 0; i < n; i++) s = s * 6364136223846793005ULL + i;
+  return hl_u64(s);
+}
+
+/* ---- registration ---- */
+
+static const hl_type P_STR[] = {HL_STR};
+static const hl_type P_BYTES[] = {HL_BYTES};
+static const hl_type P_I32[] = {HL_I32};
+static const hl_type P_U32[] = {HL_U32};
+static const hl_type P_I64[] = {HL_I64};
+static const hl_type P_U64[] = {HL_U64};
+static const hl_type P_F32[] = {HL_F32};
+static const hl_type P_F64[] = {HL_F64};
+static const hl_type P_BOOL[] = {HL_BOOL};
+static const hl_type P_I32_I32[] = {HL_I32, HL_I32};
+static const hl_type P_STR_I32[] = {HL_STR, HL_I32};
+static const hl_type P_I32_STR[] = {HL_I32, HL_STR};
+
+void hyperlight_main(void) {
+  hl_register("Echo", echo, HL_STR, 1, P_STR);
+  hl_register("EchoBytes", echo, HL_BYTES, 1, P_BYTES);
+  hl_register("EchoI32", echo, HL_I32, 1, P_I32);
+  hl_register("EchoU32", echo, HL_U32, 1, P_U32);
+  hl_register("EchoI64", echo, HL_I64, 1, P_I64);
+  hl_register("EchoU64", echo, HL_U64, 1, P_U64);
+  hl_register("EchoF32", echo, HL_F32, 1, P_F32);
+  hl_register("EchoF64", echo, HL_F64, 1, P_F64);
+  hl_register("EchoBool", echo, HL_BOOL, 1, P_BOOL);
+  hl_register("Add", add, HL_I32, 2, P_I32_I32);
+  hl_register("PrintOutput", print_output, HL_I32, 1, P_STR);
+  hl_register("CallHostAdd", call_host_add, HL_I32, 2, P_I32_I32);
+  hl_register("SetStatic", set_static, HL_I32, 1, P_I32);
+  hl_register("GetStatic", get_static, HL_I32, 0, NULL);
+  hl_register("LogMessage", log_message, HL_VOID, 2, P_STR_I32);
+  hl_register("Abort", abort_guest, HL_VOID, 2, P_I32_STR);
+  hl_register("Spin", spin, HL_VOID, 0, NULL);
+  hl_register("StackOverflow", stack_overflow, HL_I32, 1, P_I32);
+  hl_register("ReadAddress", read_address, HL_U64, 1, P_U64);
+  hl_register("WriteToCode", write_to_code, HL_VOID, 0, NULL);
+  hl_register("DivideByZero", divide_by_zero, HL_I32, 1, P_I32);
+  hl_register("Sum", sum, HL_U64, 1, P_U64);
+  hl_register("Malloc", malloc_bytes, HL_U64, 1, P_U64);
+  hl_register("Free", free_bytes, HL_VOID, 1, P_U64);
+}
