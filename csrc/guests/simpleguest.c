@@ -91,6 +91,12 @@ static hl_value write_to_code(const hl_value *args) {
   return hl_void();
 }
 
+static hl_value execute_address(const hl_value *args) {
+  void (*fn)(void) = (void (*)(void))(uintptr_t)args[0].u64;
+  fn();
+  return hl_void();
+}
+
 static hl_value divide_by_zero(const hl_value *args) {
   volatile int32_t divisor = args[0].i32;
   return hl_i32(100 / divisor);
@@ -142,6 +148,7 @@ void hyperlight_main(void) {
   hl_register("StackOverflow", stack_overflow, HL_I32, 1, P_I32);
   hl_register("ReadAddress", read_address, HL_U64, 1, P_U64);
   hl_register("WriteToCode", write_to_code, HL_VOID, 0, NULL);
+  hl_register("ExecuteAddress", execute_address, HL_VOID, 1, P_U64);
   hl_register("DivideByZero", divide_by_zero, HL_I32, 1, P_I32);
   hl_register("Sum", sum, HL_U64, 1, P_U64);
   hl_register("Malloc", malloc_bytes, HL_U64, 1, P_U64);

@@ -38,7 +38,9 @@ def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out:
     where = f"at rip={rip:#x}" + ("" if cs & 3 == 3 else " (in CPL0 code)")
     if vector == 14:
         access = _access(error)
-        if layout.guard_gpa <= cr2 < layout.guard_gpa + 4096:
+        # A touch of the guard page with the stack pointer at the bottom of the stack (or
+        # below it) is an overflow; a stray pointer into the guard page is not.
+        if layout.guard_gpa <= cr2 < layout.guard_gpa + 4096 and rsp < layout.stack_gpa + 4096:
             return StackOverflow(f"guest stack overflow: {access} of guard page address {cr2:#x} {where} "
                                  f"(rsp={rsp:#x})", cr2, vector, error, rip)
         kind = "not mapped" if not error & 1 else "protection violation"

@@ -1,0 +1,108 @@
+"""Command line: `python3 -m hlsandbox demo` and `python3 -m hlsandbox call GUEST FUNCTION ARGS...`."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+from . import guests
+from .errors import HyperlightError
+from .func.types import ValueType
+from .sandbox.config import SandboxConfiguration
+from .sandbox.uninitialized import UninitializedSandbox
+
+
+def _host_add(a: int, b: int) -> int:
+    return a + b
+
+
+def _sandbox(guest: str, heap: str = "1Mi"):
+    path = guest if "/" in guest or guest.endswith(".elf") else guests.path(guest)
+    u = UninitializedSandbox(path, SandboxConfiguration(heap_size=heap))
+    u.register("HostAdd", _host_add, params=(ValueType.I32, ValueType.I32), returns=ValueType.I32)
+    return u.evolve()
+
+
+def _timed(sb, name: str, *args: Any, repeat: int = 200) -> tuple[Any, float]:
+    result = sb.call(name, *args)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter_ns()
+        sb.call(name, *args)
+        times.append(time.perf_counter_ns() - t)
+    return result, statistics.median(times) / 1000
+
+
+def demo(args: argparse.Namespace) -> int:
+    t = time.perf_counter()
+    sb = _sandbox("simpleguest")
+    print(f"evolved simpleguest in {(time.perf_counter() - t) * 1e3:.2f} ms; "
+          f"{len(sb.functions)} guest functions")
+    with sb:
+        calls = [("Echo", ("hello from Python",)), ("Add", (40, 2)), ("CallHostAdd", (20, 22)),
+                 ("EchoF64", (3.25,)), ("EchoBytes", (b"\x00\x01\x02",)), ("SetStatic", (7,)),
+                 ("GetStatic", ()), ("Sum", (1_000_000,))]
+        print(f"{'call':<40} {'result':<28} {'median':>10}")
+        for name, a in calls:
+            result, us = _timed(sb, name, *a, repeat=args.repeat)
+            shown = f"{name}({', '.join(map(repr, a))})"
+            print(f"{shown:<40} {result!r:<28.28} {us:>8.1f} µs")
+        sb.call("PrintOutput", "the guest prints through the host\n")
+    return 0
+
+
+def _parse_arg(text: str, t: ValueType) -> Any:
+    if t in (ValueType.I32, ValueType.U32, ValueType.I64, ValueType.U64):
+        return int(text, 0)
+    if t in (ValueType.F32, ValueType.F64):
+        return float(text)
+    if t == ValueType.BOOL:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{text!r} is not a bool (true/false)")
+        return text.lower() in ("true", "1")
+    if t == ValueType.BYTES:
+        return text.encode()
+    return text
+
+
+def call(args: argparse.Namespace) -> int:
+    with _sandbox(args.guest) as sb:
+        sig = sb.functions.get(args.function)
+        if sig is None:
+            print(f"no guest function {args.function!r}; the guest has: {', '.join(sb.functions)}", file=sys.stderr)
+            return 2
+        if len(args.args) != len(sig.params):
+            print(f"{sig} takes {len(sig.params)} arguments, got {len(args.args)}", file=sys.stderr)
+            return 2
+        try:
+            values = [_parse_arg(a, t) for a, t in zip(args.args, sig.params)]
+        except ValueError as e:
+            print(f"bad argument for {sig}: {e}", file=sys.stderr)
+            return 2
+        print(repr(sb.call(args.function, *values)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m hlsandbox", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="run the bundled simpleguest and time a few calls")
+    d.add_argument("--repeat", type=int, default=200, help="calls per timing (default 200)")
+    d.set_defaults(func=demo)
+    c = sub.add_parser("call", help="call one guest function and print the result")
+    c.add_argument("guest", help="a bundled guest name (e.g. simpleguest) or an ELF path")
+    c.add_argument("function")
+    c.add_argument("args", nargs="*")
+    c.set_defaults(func=call)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args)
+    except (HyperlightError, FileNotFoundError) as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
