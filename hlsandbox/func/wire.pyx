@@ -51,11 +51,8 @@ def type_name(int tag) -> str:
 
 cdef class Reader:
     """A bounds-checked cursor over a record payload in guest memory."""
-    cdef const uint8_t *p
-    cdef size_t pos, end
-    cdef str what
 
-    cdef inline const uint8_t *take(self, size_t n) except NULL:
+    cdef const uint8_t *take(self, size_t n) except NULL:
         if n > self.end - self.pos:
             raise GuestProtocolError(f"{self.what}: truncated record (needs {n} bytes at payload offset "
                              f"{self.pos}, payload has {self.end})")
@@ -132,12 +129,11 @@ cdef class Reader:
 
 cdef class Writer:
     """Builds a payload in a bytearray-like scratch area before it is copied to guest memory."""
-    cdef bytearray buf
 
     def __cinit__(self):
         self.buf = bytearray()
 
-    cdef inline void raw(self, const void *p, size_t n):
+    cdef void raw(self, const void *p, size_t n):
         self.buf += (<const char *>p)[:n]
 
     cdef void u8(self, uint8_t v):
@@ -220,10 +216,6 @@ cdef void _mismatch(object where, int tag, object v) except *:
 
 cdef class RecordStack:
     """One of the two buffers: a stack of records at guest memory [base, base+size)."""
-    cdef uint8_t *base
-    cdef readonly uint64_t size
-    cdef readonly str name
-    cdef object owner  # keeps the guest memory mapping alive
 
     def __init__(self, owner, size_t address, uint64_t size, str name):
         """owner exports the memory (keeps it mapped); address is the host address of the buffer."""
@@ -251,7 +243,7 @@ cdef class RecordStack:
         """Pops the top record; checks the stack pointer, back-pointer, length and kind."""
         cdef uint64_t top = self.checked_top()
         if top < HEADER + 16:
-            raise GuestProtocolError(f"{self.name} buffer: empty, expected a {what} record")
+            raise GuestProtocolError(f"{self.name} buffer: empty, expected a {what}")
         cdef uint64_t p = (<uint64_t *>(self.base + top - 8))[0]
         if p < HEADER or p % 8 or p > top - 16:
             raise GuestProtocolError(f"{self.name} buffer: record back-pointer {p:#x} is out of range "
@@ -262,14 +254,14 @@ cdef class RecordStack:
                              f"stack pointer {top:#x}")
         cdef uint8_t kind = self.base[p + 4]
         if expect_kind >= 0 and kind != expect_kind:
-            raise GuestProtocolError(f"{self.name} buffer: expected a {what} record, found kind "
+            raise GuestProtocolError(f"{self.name} buffer: expected a {what}, found kind "
                              f"{_KIND_NAMES.get(kind, kind)}")
         (<uint64_t *>self.base)[0] = p
         cdef Reader r = Reader.__new__(Reader)
         r.p = self.base + p + 8
         r.pos = 0
         r.end = length
-        r.what = f"{what} record"
+        r.what = what
         return r
 
     cdef int push(self, int kind, bytearray payload) except -1:
@@ -293,6 +285,9 @@ cdef class RecordStack:
 
     def push_call(self, bytes name, tuple tags, tuple args):
         """Empties the buffer and pushes a CALL record; args are checked against tags."""
+        self.push_call_c(name, tags, args)
+
+    cdef int push_call_c(self, bytes name, tuple tags, tuple args) except -1:
         if len(args) != len(tags):
             raise GuestFunctionParameterTypeMismatch(
                 f"{name.decode()}: takes {len(tags)} arguments, got {len(args)}")
@@ -306,6 +301,7 @@ cdef class RecordStack:
         if self.push(KIND_CALL, w.buf):
             raise ValueError(f"call to {name.decode()} needs {len(w.buf) + 24} bytes, more than the "
                              f"input buffer's {self.size}: raise SandboxConfiguration.input_data_size")
+        return 0
 
     def push_return(self, int tag, object value, str where):
         """Pushes a host function's result; raises HostFunctionError-worthy TypeError on mismatch,
@@ -332,6 +328,9 @@ cdef class RecordStack:
 
     def pop_result(self, int expected_tag):
         """Pops the RETURN or ERROR record that ends a call; raises the matching error."""
+        return self.pop_result_c(expected_tag)
+
+    cdef object pop_result_c(self, int expected_tag):
         cdef uint64_t top = self.checked_top()
         cdef uint64_t p
         cdef int tag = 0
@@ -340,7 +339,7 @@ cdef class RecordStack:
             if HEADER <= p <= top - 16 and self.base[p + 4] == KIND_ERROR:
                 code, message = self.pop_error()
                 raise ERROR_TYPES[code](message) if code in ERROR_TYPES else GuestError(message, code)
-        cdef Reader r = self.pop(KIND_RETURN, "result")
+        cdef Reader r = self.pop(KIND_RETURN, "result record")
         value = r.value(&tag)
         r.done()
         if tag != expected_tag:
@@ -349,7 +348,7 @@ cdef class RecordStack:
 
     def pop_error(self):
         """Pops an ERROR record: (code, message)."""
-        cdef Reader r = self.pop(KIND_ERROR, "error")
+        cdef Reader r = self.pop(KIND_ERROR, "error record")
         cdef uint32_t code = r.u32()
         message = r.text(r.u32(), "message")
         r.done()
@@ -357,7 +356,7 @@ cdef class RecordStack:
 
     def pop_call(self):
         """Pops a CALL record (a host call from the guest): (name, args, tags)."""
-        cdef Reader r = self.pop(KIND_CALL, "host call")
+        cdef Reader r = self.pop(KIND_CALL, "host call record")
         cdef int tag = 0
         name = r.name()
         cdef int argc = r.u8()
@@ -370,7 +369,7 @@ cdef class RecordStack:
 
     def pop_log(self):
         """Pops a LOG record: (level, line, file, message)."""
-        cdef Reader r = self.pop(KIND_LOG, "log")
+        cdef Reader r = self.pop(KIND_LOG, "log record")
         cdef int level = r.u8()
         cdef uint32_t line = r.u32()
         source = r.text(r.u32(), "source file")
@@ -380,14 +379,14 @@ cdef class RecordStack:
 
     def pop_print(self):
         """Pops a PRINT record: the text."""
-        cdef Reader r = self.pop(KIND_PRINT, "print")
+        cdef Reader r = self.pop(KIND_PRINT, "print record")
         text = r.text(r.u32(), "text")
         r.done()
         return text
 
     def pop_function_table(self):
         """Pops the FUNCTION_TABLE record of init: [(name, (param tags), return tag)]."""
-        cdef Reader r = self.pop(KIND_FUNCTION_TABLE, "function table")
+        cdef Reader r = self.pop(KIND_FUNCTION_TABLE, "function table record")
         cdef int count = r.u16(), nparams, i, j
         out = []
         for i in range(count):

@@ -15,64 +15,17 @@ from posix.unistd cimport close as c_close
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from cpython.exc cimport PyErr_CheckSignals
 
-from ..errors import KvmUnavailable
+from ..errors import HyperlightError, KvmUnavailable
 
 cdef extern from "errno.h":
     int errno
     int EINTR, EAGAIN
 
-cdef extern from "pthread.h" nogil:
-    ctypedef unsigned long pthread_t
-    pthread_t pthread_self()
-    int pthread_kill(pthread_t thread, int sig)
+cdef extern from "unistd.h" nogil:
+    int usleep(unsigned int usec)
 
 cdef extern from "sys/ioctl.h" nogil:
     int ioctl(int fd, unsigned long request, ...)
-
-cdef extern from "kvm_shim.h" nogil:
-    struct kvm_regs:
-        uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp
-        uint64_t r8, r9, r10, r11, r12, r13, r14, r15
-        uint64_t rip, rflags
-    struct kvm_segment:
-        uint64_t base
-        uint32_t limit
-        uint16_t selector
-        uint8_t type, present, dpl, db, s, l, g, avl, unusable
-    struct kvm_dtable:
-        uint64_t base
-        uint16_t limit
-    struct kvm_sregs:
-        kvm_segment cs, ds, es, fs, gs, ss, tr, ldt
-        kvm_dtable gdt, idt
-        uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base
-    struct kvm_userspace_memory_region:
-        uint32_t slot, flags
-        uint64_t guest_phys_addr, memory_size, userspace_addr
-    struct kvm_run:
-        uint8_t request_interrupt_window, immediate_exit
-        uint32_t exit_reason
-        uint64_t kvm_valid_regs, kvm_dirty_regs
-    unsigned long KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE
-    unsigned long KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_RUN
-    unsigned long KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS
-    int KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SYNC_REGS, KVM_CAP_USER_MEMORY
-    int KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR
-    int KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTR, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_IO_OUT
-    uint8_t hl_io_direction(kvm_run *r)
-    uint16_t hl_io_port(kvm_run *r)
-    uint8_t hl_io_size(kvm_run *r)
-    uint32_t hl_io_count(kvm_run *r)
-    uint8_t hl_io_byte(kvm_run *r)
-    uint64_t hl_mmio_addr(kvm_run *r)
-    uint32_t hl_mmio_len(kvm_run *r)
-    uint8_t hl_mmio_is_write(kvm_run *r)
-    uint32_t hl_internal_suberror(kvm_run *r)
-    uint32_t hl_internal_ndata(kvm_run *r)
-    uint64_t hl_internal_data(kvm_run *r, int i)
-    uint64_t hl_fail_entry_reason(kvm_run *r)
-    int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd)
-    int hl_install_cancel_handler(int sig)
 
 # What run() returns besides a port number (0..65535) for `out`.
 EXIT_CANCELED = -1
@@ -158,17 +111,11 @@ cdef inline void _user_segment(kvm_segment *s, uint16_t selector, bint code):
 
 
 cdef class VirtualMachine:
-    """One VM with one vCPU and guest memory in slot 0 at guest physical address 0."""
+    """One VM with one vCPU and guest memory in slot 0 at guest physical address 0.
 
-    cdef int vm_fd, vcpu_fd
-    cdef kvm_run *run_ptr
-    cdef object memory  # keeps the guest memory mapped while KVM uses it
-    cdef pthread_t thread
-    cdef bint cancel_requested
-    cdef readonly bint active  # a call is running (guarded by lock)
-    cdef readonly uint64_t generation  # counts calls, so a late kill cannot hit a later call
-    cdef readonly object lock
-    cdef readonly bint closed
+    The call state (active, generation, cancel flag) changes only while the GIL is
+    held, which makes begin/end/kill atomic with respect to each other without a lock;
+    only KVM_RUN itself runs without the GIL."""
 
     def __cinit__(self):
         self.vm_fd = -1
@@ -179,7 +126,6 @@ cdef class VirtualMachine:
         """memory: an object exporting the guest memory buffer, at host_address, size bytes."""
         cdef int kfd = kvm_fd()
         cdef kvm_userspace_memory_region region
-        self.lock = threading.Lock()
         self.memory = memory
         self.vm_fd = ioctl(kfd, KVM_CREATE_VM, 0)
         if self.vm_fd < 0:
@@ -219,15 +165,21 @@ cdef class VirtualMachine:
         self.memory = None
 
     def close(self) -> None:
-        """Destroys the VM; safe against a concurrent kill() and idempotent."""
-        with self.lock:
-            self.closed = True
-            self._release()
+        """Destroys the VM; a call running in another thread is killed and waited for first."""
+        if self.active:
+            if pthread_equal(self.thread, pthread_self()):
+                raise HyperlightError("cannot close a sandbox from inside its own call")
+            self.kill()
+            while self.active:
+                with nogil:
+                    usleep(1000)
+        self.closed = True
+        self._release()
 
     def __dealloc__(self):
         self._release()
 
-    cdef inline void _check(self) except *:
+    cdef void _check(self) except *:
         if self.run_ptr == NULL:
             raise ValueError("the VM is closed")
 
@@ -298,39 +250,44 @@ cdef class VirtualMachine:
 
     # -- running ------------------------------------------------------------------------------
 
+    cdef uint64_t begin_c(self) except 0:
+        self._check()
+        if self.active:
+            raise HyperlightError("the sandbox is already running a call (from another thread or a host function)")
+        self.active = True
+        self.generation += 1
+        self.thread = pthread_self()
+        self.cancel_requested = False
+        self.run_ptr.immediate_exit = 0
+        return self.generation
+
+    cdef void end_c(self) noexcept:
+        self.active = False
+        self.cancel_requested = False
+        if self.run_ptr != NULL:
+            self.run_ptr.immediate_exit = 0
+
     def begin_call(self) -> int:
         """Marks a call as running on this thread, so kill() can reach it; returns its generation."""
-        with self.lock:
-            self._check()
-            self.thread = pthread_self()
-            self.cancel_requested = False
-            self.run_ptr.immediate_exit = 0
-            self.active = True
-            self.generation += 1
-            return self.generation
+        return self.begin_c()
 
     def end_call(self) -> None:
         """Ends the running call: a kill() from now on does not affect the next one."""
-        with self.lock:
-            self.active = False
-            self.cancel_requested = False
-            if self.run_ptr != NULL:
-                self.run_ptr.immediate_exit = 0
+        self.end_c()
 
     def kill(self, generation: int = -1) -> bool:
         """Stops the running call (from any thread); False if no call is running, or if
         `generation` is given and the running call is not that one."""
-        with self.lock:
-            if not self.active or self.run_ptr == NULL:
-                return False
-            if generation >= 0 and generation != self.generation:
-                return False
-            self.cancel_requested = True
-            self.run_ptr.immediate_exit = 1  # a kill just before KVM_RUN is not lost
-            pthread_kill(self.thread, CANCEL_SIGNAL)
-            return True
+        if not self.active or self.run_ptr == NULL:
+            return False
+        if generation >= 0 and <uint64_t>generation != self.generation:
+            return False
+        self.cancel_requested = True
+        self.run_ptr.immediate_exit = 1  # a kill just before KVM_RUN is not lost
+        pthread_kill(self.thread, CANCEL_SIGNAL)
+        return True
 
-    def run(self) -> int:
+    cpdef int run(self) except? -100:
         """Runs the vCPU until an exit hlsandbox handles: returns the port of an `out`,
         or one of the EXIT_* codes (EXIT_CANCELED after kill())."""
         self._check()

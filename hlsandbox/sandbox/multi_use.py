@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 import types
 from typing import Any, Mapping, Optional
 
@@ -21,6 +20,7 @@ from ..mem.layout import TSS_SIZE, SandboxMemoryLayout
 from ..mem.system_tables import (GDT_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
 from .config import SandboxConfiguration
+from .call_path import CallPath
 from .faults import fault_from_exit, fault_from_frame
 from .interrupt import InterruptHandle
 from .watchdog import WATCHDOG
@@ -67,11 +67,10 @@ class MultiUseSandbox:
         self._closed = True  # until fully built, so close() and __del__ are safe
         self._vm = None
         self._memory = None
+        self._path = None
         self.config = config
         self._host_functions = host_functions
         self._writer = writer
-        self._poisoned = False
-        self._busy = threading.Lock()
         self._timed_out_generation = -1
         self._last_host_exception: Optional[BaseException] = None
         image = binary.image
@@ -83,6 +82,7 @@ class MultiUseSandbox:
             self._input = RecordStack(self._memory, base + L.input_gpa, L.input_size, "input")
             self._output = RecordStack(self._memory, base + L.output_gpa, L.output_size, "output")
             self._vm = kvm.VirtualMachine(self._memory, base, L.total_size)
+            self._path = CallPath(self._vm, self._input, self._output, self._serve)
             self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa, TSS_SIZE - 1)
             level = config.guest_log_level
             if level is None:
@@ -90,9 +90,10 @@ class MultiUseSandbox:
             self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa,
                               rsi=int.from_bytes(os.urandom(8), "little"), rdx=4096, rcx=level, rflags=2)
             self._closed = False
+            self._max_time = config.max_execution_time
             self._input.clear()
             self._output.clear()
-            self._run(config.max_execution_time)
+            self._run_init(config.max_execution_time)
             table = self._output.pop_function_table()
         except BaseException:
             self.close()
@@ -111,65 +112,68 @@ class MultiUseSandbox:
         GuestFunctionParameterTypeMismatch). `timeout` (seconds, default the
         configuration's max_execution_time) stops a call that runs longer (ExecutionTimeout).
         An abort, fault or cancellation poisons the sandbox (PoisonedSandbox)."""
-        if self._poisoned or self._closed:
-            self._refuse()
         fn = self._functions.get(name)
-        if fn is None:
-            raise GuestFunctionNotFound(f"the guest has no function {name!r}")
-        if not self._busy.acquire(False):
-            raise HyperlightError("the sandbox is already running a call (from another thread or a host function)")
+        if fn is None or self._closed or self._path.poisoned:
+            self._refuse(name)
         try:
-            self._input.push_call(fn.name_bytes, fn.param_tags, args)
-            self._output.clear()
-            self._run(self.config.max_execution_time if timeout is None else timeout)
-            try:
-                return self._output.pop_result(fn.return_tag)
-            except HostFunctionError as e:
-                e.__cause__ = self._last_host_exception
-                raise
-            except GuestProtocolError:
-                self._poisoned = True
-                raise
-        finally:
-            self._last_host_exception = None
-            self._busy.release()
-
-    def _refuse(self) -> None:
-        if self._closed:
-            raise HyperlightError("the sandbox is closed")
-        raise PoisonedSandbox("an earlier call was aborted, faulted or canceled; restore a snapshot to use "
-                              "this sandbox again")
-
-    def _run(self, timeout: Optional[float]) -> None:
-        """Runs the guest until it halts, serving host calls, logs and prints on the way."""
-        vm = self._vm
-        generation = vm.begin_call()
-        token = None
-        if timeout is not None:
-            if not timeout > 0:
-                vm.end_call()
-                raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-            token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
-        try:
-            while True:
-                rc = vm.run()
-                if rc == PORT_HALT:
-                    return
-                if rc == PORT_CALL_FUNCTION:
-                    self._host_call()
-                elif rc == PORT_LOG:
-                    self._log()
-                elif rc == PORT_PRINT:
-                    self._print()
-                else:
-                    raise self._stopped(rc, generation)
-        except BaseException:
-            self._poisoned = True
+            if timeout is None and self._max_time is None:
+                return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args)
+            return self._timed_call(fn, args, self._max_time if timeout is None else timeout)
+        except HostFunctionError as e:
+            e.__cause__ = self._last_host_exception
+            raise
+        except GuestProtocolError:
+            self._path.poisoned = True
             raise
         finally:
-            vm.end_call()
+            self._last_host_exception = None
+
+    def _refuse(self, name: str) -> None:
+        if self._closed:
+            raise HyperlightError("the sandbox is closed")
+        if self._path.poisoned:
+            raise PoisonedSandbox("an earlier call was aborted, faulted or canceled; restore a snapshot to use "
+                                  "this sandbox again")
+        raise GuestFunctionNotFound(f"the guest has no function {name!r}")
+
+    def _timed_call(self, fn: _GuestFunction, args: tuple, timeout: float) -> Any:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        path = self._path
+        generation = path.begin()
+        try:
+            token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
+            try:
+                self._input.push_call(fn.name_bytes, fn.param_tags, args)
+                self._output.clear()
+                path.run_until_halt(generation)
+            finally:
+                WATCHDOG.disarm(token)
+        finally:
+            path.end()
+        return self._output.pop_result(fn.return_tag)
+
+    def _run_init(self, timeout: Optional[float]) -> None:
+        path = self._path
+        generation = path.begin()
+        token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation)) if timeout else None
+        try:
+            path.run_until_halt(generation)
+        finally:
             if token is not None:
                 WATCHDOG.disarm(token)
+            path.end()
+
+    def _serve(self, rc: int, generation: int) -> None:
+        """Serves one exit that is not HALT, or raises the exception that ends the call."""
+        if rc == PORT_CALL_FUNCTION:
+            self._host_call()
+        elif rc == PORT_LOG:
+            self._log()
+        elif rc == PORT_PRINT:
+            self._print()
+        else:
+            raise self._stopped(rc, generation)
 
     def _on_timeout(self, generation: int) -> None:
         self._timed_out_generation = generation
@@ -236,7 +240,7 @@ class MultiUseSandbox:
     @property
     def poisoned(self) -> bool:
         """True after an abort, fault or cancellation until the sandbox is restored."""
-        return self._poisoned
+        return self._path.poisoned
 
     def interrupt_handle(self) -> InterruptHandle:
         """A handle whose kill() stops the running call from any thread."""
@@ -245,20 +249,13 @@ class MultiUseSandbox:
         return InterruptHandle(self._vm)
 
     def close(self) -> None:
-        """Destroys the VM and frees guest memory; a call running in another thread is killed."""
-        vm = self._vm
-        if vm is not None and not self._busy.acquire(False):
-            vm.kill()
-            self._busy.acquire()
-        try:
-            self._closed = True
-            if vm is not None:
-                vm.close()
-            if self._memory is not None:
-                self._memory.close()
-        finally:
-            if vm is not None:
-                self._busy.release()
+        """Destroys the VM and frees guest memory; a call running in another thread is
+        killed and waited for."""
+        self._closed = True
+        if self._vm is not None:
+            self._vm.close()
+        if self._memory is not None:
+            self._memory.close()
 
     def __enter__(self) -> "MultiUseSandbox":
         return self
@@ -267,5 +264,5 @@ class MultiUseSandbox:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "poisoned" if self._poisoned else "ready"
+        state = "closed" if self._closed else "poisoned" if self.poisoned else "ready"
         return f"<MultiUseSandbox {state}, {len(getattr(self, '_functions', {}))} guest functions>"

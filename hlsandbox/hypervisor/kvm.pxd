@@ -1,0 +1,70 @@
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "pthread.h" nogil:
+    ctypedef unsigned long pthread_t
+    pthread_t pthread_self()
+    int pthread_kill(pthread_t thread, int sig)
+    int pthread_equal(pthread_t a, pthread_t b)
+
+cdef extern from "kvm_shim.h" nogil:
+    struct kvm_regs:
+        uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp
+        uint64_t r8, r9, r10, r11, r12, r13, r14, r15
+        uint64_t rip, rflags
+    struct kvm_segment:
+        uint64_t base
+        uint32_t limit
+        uint16_t selector
+        uint8_t type, present, dpl, db, s, l, g, avl, unusable
+    struct kvm_dtable:
+        uint64_t base
+        uint16_t limit
+    struct kvm_sregs:
+        kvm_segment cs, ds, es, fs, gs, ss, tr, ldt
+        kvm_dtable gdt, idt
+        uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base
+    struct kvm_userspace_memory_region:
+        uint32_t slot, flags
+        uint64_t guest_phys_addr, memory_size, userspace_addr
+    struct kvm_run:
+        uint8_t request_interrupt_window, immediate_exit
+        uint32_t exit_reason
+        uint64_t kvm_valid_regs, kvm_dirty_regs
+    unsigned long KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE
+    unsigned long KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_RUN
+    unsigned long KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS
+    int KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SYNC_REGS, KVM_CAP_USER_MEMORY
+    int KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR
+    int KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTR, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_IO_OUT
+    uint8_t hl_io_direction(kvm_run *r)
+    uint16_t hl_io_port(kvm_run *r)
+    uint8_t hl_io_size(kvm_run *r)
+    uint32_t hl_io_count(kvm_run *r)
+    uint8_t hl_io_byte(kvm_run *r)
+    uint64_t hl_mmio_addr(kvm_run *r)
+    uint32_t hl_mmio_len(kvm_run *r)
+    uint8_t hl_mmio_is_write(kvm_run *r)
+    uint32_t hl_internal_suberror(kvm_run *r)
+    uint32_t hl_internal_ndata(kvm_run *r)
+    uint64_t hl_internal_data(kvm_run *r, int i)
+    uint64_t hl_fail_entry_reason(kvm_run *r)
+    int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd)
+    int hl_install_cancel_handler(int sig)
+
+
+
+cdef class VirtualMachine:
+    cdef int vm_fd, vcpu_fd
+    cdef kvm_run *run_ptr
+    cdef object memory  # keeps the guest memory mapped while KVM uses it
+    cdef pthread_t thread
+    cdef bint cancel_requested
+    cdef readonly bint active  # a call is running; changed only with the GIL held
+    cdef readonly uint64_t generation  # counts calls, so a late kill cannot hit a later call
+    cdef readonly bint closed
+
+    cdef void _release(self) noexcept
+    cdef void _check(self) except *
+    cdef uint64_t begin_c(self) except 0
+    cdef void end_c(self) noexcept
+    cpdef int run(self) except? -100
