@@ -47,7 +47,10 @@ def to_value_type(t: Any) -> ValueType:
     if isinstance(t, ValueType):
         return t
     if isinstance(t, int) and not isinstance(t, bool):
-        return ValueType(t)
+        try:
+            return ValueType(t)
+        except ValueError:
+            raise TypeError(f"not a guest value type: {t!r}") from None
     if isinstance(t, str) and t in _BY_NAME:
         return _BY_NAME[t]
     try:

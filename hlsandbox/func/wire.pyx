@@ -186,10 +186,14 @@ cdef class Writer:
         elif tag == T_F32 or tag == T_F64:
             if isinstance(v, bool) or not isinstance(v, (float, int)):
                 _mismatch(where, tag, v)
-            if tag == T_F32:
-                f32 = v; self.raw(&f32, 4)
-            else:
-                f64 = v; self.raw(&f64, 8)
+            try:
+                if tag == T_F32:
+                    f32 = v; self.raw(&f32, 4)
+                else:
+                    f64 = v; self.raw(&f64, 8)
+            except OverflowError:
+                raise GuestFunctionParameterTypeMismatch(
+                    f"{where}: {v} is out of range for {type_name(tag)}") from None
         elif tag == T_BOOL:
             if not isinstance(v, bool):
                 _mismatch(where, tag, v)
@@ -197,7 +201,12 @@ cdef class Writer:
         elif tag == T_STR:
             if not isinstance(v, str):
                 _mismatch(where, tag, v)
-            self.text((<str>v).encode("utf-8", "surrogatepass"), 4)
+            try:
+                b = (<str>v).encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise GuestFunctionParameterTypeMismatch(
+                    f"{where}: string is not encodable as UTF-8 ({e.reason})") from None
+            self.text(b, 4)
         elif tag == T_BYTES:
             if not isinstance(v, (bytes, bytearray, memoryview)):
                 _mismatch(where, tag, v)
@@ -291,6 +300,8 @@ cdef class RecordStack:
         if len(args) != len(tags):
             raise GuestFunctionParameterTypeMismatch(
                 f"{name.decode()}: takes {len(tags)} arguments, got {len(args)}")
+        if len(args) > 255:
+            raise GuestFunctionParameterTypeMismatch(f"{name.decode()}: at most 255 arguments, got {len(args)}")
         cdef Writer w = Writer.__new__(Writer)
         w.text(name, 2)
         w.u8(len(args))

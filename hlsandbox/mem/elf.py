@@ -129,7 +129,10 @@ def _parse(elf: ELFFile, file_size: int, name: str) -> ElfImage:
         data = ph.data() if filesz else b""
         if len(data) != filesz:
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} is truncated")
-        align = max(align, min(int(ph["p_align"] or 1), 1 << 21))
+        p_align = int(ph["p_align"] or 1)
+        if p_align & (p_align - 1):
+            raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} has p_align {p_align:#x}, not a power of two")
+        align = max(align, min(p_align, 1 << 21))
         segments.append(Segment(vaddr, memsz, data, ph["p_flags"]))
     if not segments:
         raise InvalidGuestBinary(f"{name}: no loadable (PT_LOAD) segments")

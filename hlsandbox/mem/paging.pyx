@@ -17,7 +17,7 @@ cdef class RegionMap:
 
     cdef uint64_t[::1] starts, ends, flags
     cdef Py_ssize_t n
-    cdef public Py_ssize_t last_index
+    cdef readonly Py_ssize_t last_index
 
     def __init__(self, regions):
         """regions: iterable of (start, end, flags), sorted by start, not overlapping."""

@@ -85,6 +85,8 @@ cdef class SharedMemory:
             memcpy(self.base + offset, &data[0], n)
 
     def fill(self, size_t offset, size_t n, int value=0) -> None:
+        if not 0 <= value <= 255:
+            raise ValueError(f"fill value {value} is not a byte")
         self._check_range(offset, n)
         memset(self.base + offset, value, n)
 
