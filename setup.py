@@ -15,7 +15,8 @@ EXTENSIONS = [
     Extension("hlsandbox.mem.paging", ["hlsandbox/mem/paging.pyx"]),
     Extension("hlsandbox.func.wire", ["hlsandbox/func/wire.pyx"]),
     Extension("hlsandbox.hypervisor.kvm", ["hlsandbox/hypervisor/kvm.pyx"], include_dirs=["hlsandbox/hypervisor"]),
-    Extension("hlsandbox.sandbox.call_path", ["hlsandbox/sandbox/call_path.pyx"], include_dirs=["hlsandbox/hypervisor"]),
+    Extension("hlsandbox.sandbox.call_path", ["hlsandbox/sandbox/call_path.pyx"],
+              include_dirs=["hlsandbox/hypervisor"]),
 ]
 
 

@@ -14,6 +14,7 @@ from .errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEmu
                      PoisonedSandbox, SnapshotMismatch, StackOverflow)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
+from .mem.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
 from .sandbox.interrupt import InterruptHandle
 from .sandbox.multi_use import MultiUseSandbox
@@ -26,6 +27,6 @@ __all__ = [
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
     "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
-    "PoisonedSandbox", "SandboxConfiguration", "Signature", "SnapshotMismatch", "StackOverflow",
+    "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotMismatch", "StackOverflow",
     "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
 ]

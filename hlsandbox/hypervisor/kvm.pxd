@@ -32,7 +32,7 @@ cdef extern from "kvm_shim.h" nogil:
         uint64_t kvm_valid_regs, kvm_dirty_regs
     unsigned long KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE
     unsigned long KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_RUN
-    unsigned long KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS
+    unsigned long KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP
     int KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SYNC_REGS, KVM_CAP_USER_MEMORY
     int KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR
     int KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTR, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_IO_OUT
@@ -49,6 +49,20 @@ cdef extern from "kvm_shim.h" nogil:
     uint64_t hl_internal_data(kvm_run *r, int i)
     uint64_t hl_fail_entry_reason(kvm_run *r)
     int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd)
+    struct kvm_dirty_gfn:
+        uint32_t flags, slot
+        uint64_t offset
+    struct hl_vcpu_state:
+        kvm_regs regs
+        kvm_sregs sregs
+    int hl_save_state(int vcpu, hl_vcpu_state *s)
+    int hl_load_state(int vcpu, kvm_run *run, const hl_vcpu_state *s, int sync, int with_msrs)
+    int hl_enable_dirty_ring(int vm_fd, uint32_t bytes)
+    int hl_gfn_dirty(kvm_dirty_gfn *e)
+    void hl_gfn_collected(kvm_dirty_gfn *e)
+    int hl_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
+    unsigned long KVM_RESET_DIRTY_RINGS
+    int KVM_CAP_DIRTY_LOG_RING, KVM_EXIT_DIRTY_RING_FULL, KVM_DIRTY_LOG_PAGE_OFFSET, KVM_MEM_LOG_DIRTY_PAGES
     int hl_install_cancel_handler(int sig)
 
 
@@ -62,6 +76,19 @@ cdef class VirtualMachine:
     cdef readonly bint active  # a call is running; changed only with the GIL held
     cdef readonly uint64_t generation  # counts calls, so a late kill cannot hit a later call
     cdef readonly bint closed
+    # Dirty-page tracking of one slot: the dirty ring when KVM has it, else the bitmap.
+    cdef readonly int dirty_slot  # -1: none
+    cdef uint64_t dirty_slot_pages
+    cdef kvm_dirty_gfn *ring
+    cdef uint32_t ring_entries, ring_fetch
+    cdef uint64_t *bitmap
+    cdef uint64_t *dirty  # page indices within the dirty slot, collected since the last take
+    cdef size_t n_dirty, cap_dirty
+    cdef readonly bint uses_dirty_ring
+    cdef readonly bint sync_regs
+
+    cdef int harvest_c(self) except -1
+    cdef int _add_dirty(self, uint64_t page) except -1
 
     cdef void _release(self) noexcept
     cdef void _check(self) except *

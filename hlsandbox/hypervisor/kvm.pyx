@@ -10,6 +10,7 @@ import threading
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
+from libc.stdlib cimport calloc, realloc, free
 from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
 from posix.unistd cimport close as c_close
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
@@ -20,6 +21,9 @@ from ..errors import HyperlightError, KvmUnavailable
 cdef extern from "errno.h":
     int errno
     int EINTR, EAGAIN
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long x) nogil
 
 cdef extern from "unistd.h" nogil:
     int usleep(unsigned int usec)
@@ -36,6 +40,8 @@ EXIT_HLT = -5
 EXIT_BAD_IO = -6
 EXIT_FAIL_ENTRY = -7
 EXIT_OTHER = -8
+
+DIRTY_RING_ENTRIES = 4096  # 64 KiB a vCPU; a fuller ring makes KVM exit and we harvest
 
 import signal as _signal
 CANCEL_SIGNAL = _signal.SIGRTMIN + 2
@@ -121,23 +127,49 @@ cdef class VirtualMachine:
         self.vm_fd = -1
         self.vcpu_fd = -1
         self.run_ptr = NULL
+        self.dirty_slot = -1
 
-    def __init__(self, memory, size_t host_address, uint64_t size):
-        """memory: an object exporting the guest memory buffer, at host_address, size bytes."""
+    def __init__(self, memory, size_t host_address, slots):
+        """memory: an object exporting the guest memory buffer (kept alive), mapped at
+        host_address. slots: (guest_physical_address, size, log_dirty) tuples, contiguous
+        in host memory from host_address; at most one may log dirty pages."""
         cdef int kfd = kvm_fd()
         cdef kvm_userspace_memory_region region
+        cdef int i, rc
+        cdef uint64_t gpa, size, offset = 0
         self.memory = memory
         self.vm_fd = ioctl(kfd, KVM_CREATE_VM, 0)
         if self.vm_fd < 0:
             raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
         try:
-            memset(&region, 0, sizeof(region))
-            region.slot = 0
-            region.guest_phys_addr = 0
-            region.memory_size = size
-            region.userspace_addr = host_address
-            if ioctl(self.vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0:
-                raise OSError(errno, f"KVM_SET_USER_MEMORY_REGION ({size} bytes): {os.strerror(errno)}")
+            self.sync_regs = ioctl(kfd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) > 0
+            logged = [i for i, sl in enumerate(slots) if sl[2]]
+            if len(logged) > 1:
+                raise ValueError("at most one slot may log dirty pages")
+            if logged:
+                self.dirty_slot = logged[0]
+                self.dirty_slot_pages = slots[logged[0]][1] // 4096
+                max_ring = ioctl(self.vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING)
+                if max_ring >= DIRTY_RING_ENTRIES * 16 and os.environ.get("HLSANDBOX_DIRTY_BITMAP") != "1":
+                    rc = hl_enable_dirty_ring(self.vm_fd, DIRTY_RING_ENTRIES * 16)  # before any vCPU
+                    if rc < 0:
+                        raise OSError(-rc, f"enabling the KVM dirty ring: {os.strerror(-rc)}")
+                    self.uses_dirty_ring = True
+                else:
+                    self.bitmap = <uint64_t *>calloc((self.dirty_slot_pages + 63) // 64 + 1, 8)
+                    if self.bitmap == NULL:
+                        raise MemoryError()
+            for i, (gpa, size, log) in enumerate(slots):
+                memset(&region, 0, sizeof(region))
+                region.slot = i
+                region.flags = KVM_MEM_LOG_DIRTY_PAGES if log else 0
+                region.guest_phys_addr = gpa
+                region.memory_size = size
+                region.userspace_addr = host_address + offset
+                offset += size
+                if ioctl(self.vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0:
+                    raise OSError(errno, f"KVM_SET_USER_MEMORY_REGION (slot {i}, {size} bytes at {gpa:#x}): "
+                                         f"{os.strerror(errno)}")
             self.vcpu_fd = ioctl(self.vm_fd, KVM_CREATE_VCPU, 0)
             if self.vcpu_fd < 0:
                 raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(errno)}")
@@ -145,6 +177,13 @@ cdef class VirtualMachine:
             if p == MAP_FAILED:
                 raise OSError(errno, f"mmap of kvm_run failed: {os.strerror(errno)}")
             self.run_ptr = <kvm_run *>p
+            if self.uses_dirty_ring:
+                p = mmap(NULL, DIRTY_RING_ENTRIES * 16, PROT_READ | PROT_WRITE, MAP_SHARED, self.vcpu_fd,
+                         KVM_DIRTY_LOG_PAGE_OFFSET * 4096)
+                if p == MAP_FAILED:
+                    raise OSError(errno, f"mmap of the dirty ring failed: {os.strerror(errno)}")
+                self.ring = <kvm_dirty_gfn *>p
+                self.ring_entries = DIRTY_RING_ENTRIES
             rc = hl_set_supported_cpuid(kfd, self.vcpu_fd)
             if rc < 0:
                 raise OSError(-rc, f"KVM_SET_CPUID2 failed: {os.strerror(-rc)}")
@@ -153,6 +192,9 @@ cdef class VirtualMachine:
             raise
 
     cdef void _release(self) noexcept:
+        if self.ring != NULL:
+            munmap(self.ring, self.ring_entries * 16)
+            self.ring = NULL
         if self.run_ptr != NULL:
             munmap(self.run_ptr, _run_size)
             self.run_ptr = NULL
@@ -162,6 +204,11 @@ cdef class VirtualMachine:
         if self.vm_fd >= 0:
             c_close(self.vm_fd)
             self.vm_fd = -1
+        free(self.bitmap)
+        self.bitmap = NULL
+        free(self.dirty)
+        self.dirty = NULL
+        self.n_dirty = self.cap_dirty = 0
         self.memory = None
 
     def close(self) -> None:
@@ -316,6 +363,9 @@ cdef class VirtualMachine:
                     return EXIT_CANCELED
                 PyErr_CheckSignals()
                 continue
+            if reason == KVM_EXIT_DIRTY_RING_FULL:
+                self.harvest_c()
+                continue
             if reason == KVM_EXIT_MMIO:
                 return EXIT_MMIO
             if reason == KVM_EXIT_SHUTDOWN:
@@ -327,6 +377,86 @@ cdef class VirtualMachine:
             if reason == KVM_EXIT_FAIL_ENTRY:
                 return EXIT_FAIL_ENTRY
             return EXIT_OTHER
+
+    # -- dirty pages and vCPU state (snapshots) ---------------------------------------------
+
+    cdef int _add_dirty(self, uint64_t page) except -1:
+        cdef uint64_t *grown
+        if self.n_dirty == self.cap_dirty:
+            self.cap_dirty = self.cap_dirty * 2 if self.cap_dirty else 1024
+            grown = <uint64_t *>realloc(self.dirty, self.cap_dirty * 8)
+            if grown == NULL:
+                raise MemoryError()
+            self.dirty = grown
+        self.dirty[self.n_dirty] = page
+        self.n_dirty += 1
+        return 0
+
+    cdef int harvest_c(self) except -1:
+        """Moves the pages KVM logged as written into `dirty` and re-arms logging.
+        With the dirty ring this costs O(pages written), whatever the slot's size."""
+        cdef kvm_dirty_gfn *e
+        cdef uint64_t w, bits, i, words
+        cdef int n = 0
+        if self.dirty_slot < 0:
+            return 0
+        if self.uses_dirty_ring:
+            while True:
+                e = &self.ring[self.ring_fetch % self.ring_entries]
+                if not hl_gfn_dirty(e):
+                    break
+                if (e.slot & 0xffff) == <uint32_t>self.dirty_slot and e.offset < self.dirty_slot_pages:
+                    self._add_dirty(e.offset)
+                hl_gfn_collected(e)
+                self.ring_fetch += 1
+                n += 1
+            if n and ioctl(self.vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0:
+                raise OSError(errno, f"KVM_RESET_DIRTY_RINGS: {os.strerror(errno)}")
+            return 0
+        if hl_get_dirty_log(self.vm_fd, self.dirty_slot, self.bitmap) < 0:
+            raise OSError(errno, f"KVM_GET_DIRTY_LOG: {os.strerror(errno)}")
+        words = (self.dirty_slot_pages + 63) // 64
+        for w in range(words):
+            bits = self.bitmap[w]
+            while bits:
+                i = __builtin_ctzll(bits)
+                self._add_dirty(w * 64 + i)
+                bits &= bits - 1
+        return 0
+
+    def take_dirty_pages(self):
+        """Page indices (within the logged slot) written since the last call; may repeat."""
+        self._check()
+        self.harvest_c()
+        out = [self.dirty[i] for i in range(self.n_dirty)]
+        self.n_dirty = 0
+        return out
+
+    def discard_dirty_pages(self) -> None:
+        """Forgets the pages written so far (the memory now is the new baseline)."""
+        self._check()
+        self.harvest_c()
+        self.n_dirty = 0
+
+    def save_state(self) -> bytes:
+        """Registers, segment registers, FPU/XSAVE state and MSRs (vCPU ioctls: not hot)."""
+        self._check()
+        cdef hl_vcpu_state st
+        cdef int rc = hl_save_state(self.vcpu_fd, &st)
+        if rc < 0:
+            raise OSError(-rc, f"saving the vCPU state: {os.strerror(-rc)}")
+        return (<char *>&st)[:sizeof(hl_vcpu_state)]
+
+    def load_state(self, const uint8_t[::1] state, bint with_msrs) -> None:
+        """Loads a state from save_state(); registers take effect at the next run."""
+        self._check()
+        if state.shape[0] != sizeof(hl_vcpu_state):
+            raise ValueError(f"vCPU state is {state.shape[0]} bytes, expected {sizeof(hl_vcpu_state)}")
+        cdef int rc = hl_load_state(self.vcpu_fd, self.run_ptr, <const hl_vcpu_state *>&state[0],
+                                    self.sync_regs, with_msrs)
+        if rc < 0:
+            raise OSError(-rc, f"loading the vCPU state: {os.strerror(-rc)}")
+
 
     # -- exit details (read after run() returned) ---------------------------------------------
 
@@ -359,3 +489,6 @@ cdef class VirtualMachine:
     def fail_entry_reason(self) -> int:
         self._check()
         return hl_fail_entry_reason(self.run_ptr)
+
+
+STATE_SIZE = sizeof(hl_vcpu_state)

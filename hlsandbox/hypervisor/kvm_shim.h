@@ -54,3 +54,89 @@ static inline int hl_install_cancel_handler(int sig) {
   return sigaction(sig, &sa, 0);
 }
 #endif
+
+/* ---- vCPU state for snapshots ------------------------------------------- */
+
+/* MSRs a snapshot carries. A CPL3 guest cannot write MSRs; these are saved so a
+ * sandbox created from a snapshot file gets the exact state it was taken in. */
+#define HL_NMSRS 9
+static const uint32_t hl_msr_indices[HL_NMSRS] = {
+    0x174, 0x175, 0x176,                         /* SYSENTER_CS/ESP/EIP */
+    0x277,                                       /* PAT */
+    0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, /* STAR, LSTAR, CSTAR, SFMASK */
+    0xC0000102,                                  /* KERNEL_GS_BASE */
+};
+
+struct hl_vcpu_state {
+  struct kvm_regs regs;
+  struct kvm_sregs sregs;
+  struct kvm_xsave xsave; /* 4096 bytes: x87, SSE, AVX state */
+  uint32_t nmsrs, pad;
+  struct kvm_msr_entry msrs[HL_NMSRS];
+};
+
+static inline int hl_save_state(int vcpu, struct hl_vcpu_state *s) {
+  struct { struct kvm_msrs h; struct kvm_msr_entry e[HL_NMSRS]; } m;
+  memset(s, 0, sizeof *s);
+  if (ioctl(vcpu, KVM_GET_REGS, &s->regs) < 0) return -errno;
+  if (ioctl(vcpu, KVM_GET_SREGS, &s->sregs) < 0) return -errno;
+  if (ioctl(vcpu, KVM_GET_XSAVE, &s->xsave) < 0) return -errno;
+  memset(&m, 0, sizeof m);
+  m.h.nmsrs = HL_NMSRS;
+  for (int i = 0; i < HL_NMSRS; i++) m.e[i].index = hl_msr_indices[i];
+  int n = ioctl(vcpu, KVM_GET_MSRS, &m);
+  if (n < 0) return -errno;
+  s->nmsrs = (uint32_t)n; /* KVM stops at the first MSR it does not know */
+  memcpy(s->msrs, m.e, sizeof m.e);
+  return 0;
+}
+
+/* Loads a saved state. General and segment registers go through kvm_run's
+ * sync area when `sync` (applied by the next KVM_RUN, no ioctl); the FPU state
+ * always needs KVM_SET_XSAVE; MSRs only when `with_msrs` (another VM's state). */
+static inline int hl_load_state(int vcpu, struct kvm_run *run, const struct hl_vcpu_state *s, int sync,
+                                int with_msrs) {
+  if (sync) {
+    run->s.regs.regs = s->regs;
+    run->s.regs.sregs = s->sregs;
+    run->kvm_dirty_regs |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+  } else {
+    if (ioctl(vcpu, KVM_SET_SREGS, &s->sregs) < 0) return -errno;
+    if (ioctl(vcpu, KVM_SET_REGS, &s->regs) < 0) return -errno;
+  }
+  if (ioctl(vcpu, KVM_SET_XSAVE, &s->xsave) < 0) return -errno;
+  if (with_msrs && s->nmsrs) {
+    struct { struct kvm_msrs h; struct kvm_msr_entry e[HL_NMSRS]; } m;
+    memset(&m, 0, sizeof m);
+    m.h.nmsrs = s->nmsrs > HL_NMSRS ? HL_NMSRS : s->nmsrs;
+    memcpy(m.e, s->msrs, sizeof m.e);
+    if (ioctl(vcpu, KVM_SET_MSRS, &m) < 0) return -errno;
+  }
+  return 0;
+}
+
+/* ---- dirty page tracking -------------------------------------------------- */
+
+static inline int hl_enable_dirty_ring(int vm_fd, uint32_t bytes) {
+  struct kvm_enable_cap cap;
+  memset(&cap, 0, sizeof cap);
+  cap.cap = KVM_CAP_DIRTY_LOG_RING;
+  cap.args[0] = bytes;
+  return ioctl(vm_fd, KVM_ENABLE_CAP, &cap) < 0 ? -errno : 0;
+}
+
+/* The ring's flags are shared with KVM: acquire on read, release on reset. */
+static inline int hl_gfn_dirty(struct kvm_dirty_gfn *e) {
+  return (__atomic_load_n(&e->flags, __ATOMIC_ACQUIRE) & KVM_DIRTY_GFN_F_DIRTY) != 0;
+}
+static inline void hl_gfn_collected(struct kvm_dirty_gfn *e) {
+  __atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+}
+
+static inline int hl_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap) {
+  struct kvm_dirty_log d;
+  memset(&d, 0, sizeof d);
+  d.slot = slot;
+  d.dirty_bitmap = bitmap;
+  return ioctl(vm_fd, KVM_GET_DIRTY_LOG, &d) < 0 ? -errno : 0;
+}

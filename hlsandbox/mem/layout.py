@@ -1,6 +1,7 @@
 """The guest memory layout of the amd64 profile (docs/abi.md, "Memory layout")."""
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 from .elf import PF_W, PF_X, ElfImage
@@ -24,6 +25,8 @@ DF_STACK_OFFSET = 0x7000  # one page: 0x7000..0x8000, IST1 = top
 SYSTEM_SIZE = 0x8000
 
 PEB_SIZE = PAGE
+LOGGED_SLOT = 1  # the KVM memory slot that logs dirty pages (see SandboxMemoryLayout.slots)
+STACK_COPY = 16 << 10
 
 
 def align_up(n: int, a: int) -> int:
@@ -60,6 +63,7 @@ class SandboxMemoryLayout:
         self.heap_size, self.stack_size = heap_size, stack_size
         self.input_size, self.output_size = input_size, output_size
         self.image_size = align_up(image.size, PAGE)
+        self.image_align = image.align
         self.pt_gpa = PAGE
         pt_pages = 1
         while True:  # the page tables' size depends on the total, which includes them
@@ -156,9 +160,64 @@ class SandboxMemoryLayout:
             out.insert(0, Region("padding", pad, self.code_gpa - pad, NOT_PRESENT))
         return out
 
+    @property
+    def stack_copy_size(self) -> int:
+        """The top of the stack that restores copy whole: every call writes it."""
+        return min(self.stack_size, STACK_COPY)
+
+    def slots(self) -> list[tuple[int, int, bool]]:
+        """KVM memory slots (gpa, size, log_dirty). The heap, the guard page and the deep
+        stack log the pages the guest writes, so restoring them costs what was written.
+        What every call writes (I/O buffers, the top of the stack) is cheaper copied
+        whole than logged (a logged write costs a write-protection fault), so it lives
+        in slots without logging; see copied_ranges()."""
+        split = self.stack_top - self.stack_copy_size
+        return [(0, self.heap_gpa, False), (self.heap_gpa, split - self.heap_gpa, True),
+                (split, self.stack_copy_size, False)]
+
+    def copied_ranges(self) -> list[tuple[int, int]]:
+        """(gpa, size) of the unlogged memory a guest can write, other than its globals:
+        restores copy these whole."""
+        return [(self.input_gpa, self.output_gpa + self.output_size - self.input_gpa),
+                (self.stack_top - self.stack_copy_size, self.stack_copy_size)]
+
+    def writable_image_ranges(self, image: ElfImage) -> list[tuple[int, int]]:
+        """(gpa, size) of the image's writable pages: the guest's globals."""
+        out: list[tuple[int, int]] = []
+        for seg in image.segments:
+            if seg.flags & PF_W:
+                start = self.code_gpa + seg.vaddr // PAGE * PAGE
+                end = self.code_gpa + align_up(seg.vaddr + seg.memsz, PAGE)
+                if out and out[-1][0] + out[-1][1] >= start:
+                    prev = out.pop()
+                    start, end = prev[0], max(end, prev[0] + prev[1])
+                out.append((start, end - start))
+        return out
+
+    _KEYS = ("image_size", "image_align", "pt_gpa", "pt_size", "system_gpa", "peb_gpa", "code_gpa", "input_gpa",
+             "input_size", "output_gpa", "output_size", "heap_gpa", "heap_size", "guard_gpa", "stack_gpa",
+             "stack_size", "stack_top", "total_size")
+
     def describe(self) -> dict[str, int]:
         """The layout as plain numbers (for snapshots, debugging and tests)."""
-        keys = ("pt_gpa", "pt_size", "system_gpa", "peb_gpa", "code_gpa", "image_size", "input_gpa",
-                "input_size", "output_gpa", "output_size", "heap_gpa", "heap_size", "guard_gpa",
-                "stack_gpa", "stack_size", "stack_top", "total_size")
-        return {k: getattr(self, k) for k in keys}
+        return {k: getattr(self, k) for k in self._KEYS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SandboxMemoryLayout":
+        """Rebuilds a layout from describe(); raises ValueError if d is not one."""
+        if not isinstance(d, dict) or set(d) != set(cls._KEYS):
+            raise ValueError("layout fields missing or unknown")
+        if not all(type(v) is int and 0 <= v < 1 << 48 for v in d.values()):
+            raise ValueError("layout fields must be non-negative integers below 2**48")
+        align = d["image_align"]
+        if align < PAGE or align > 1 << 21 or align & (align - 1):
+            raise ValueError(f"image alignment {align:#x} is invalid")
+        try:
+            layout = cls(types.SimpleNamespace(size=d["image_size"], align=align), d["heap_size"], d["stack_size"],
+                         d["input_size"], d["output_size"])
+        except Exception as e:  # sizes that no configuration produces
+            raise ValueError(f"layout sizes are invalid: {e}") from None
+        if layout.describe() != d:
+            bad = sorted(k for k in cls._KEYS if layout.describe()[k] != d[k])
+            raise ValueError(f"layout is inconsistent: {', '.join(bad)}")
+        return layout

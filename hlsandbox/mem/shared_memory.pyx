@@ -5,7 +5,8 @@ Reads and writes from Python are bounds-checked; Cython code takes `base`
 directly and checks ranges itself."""
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
-from posix.mman cimport mmap, munmap, madvise, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FAILED
+from posix.mman cimport mmap, munmap, madvise, mincore, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FAILED
+from libc.stdlib cimport malloc, free
 from cpython.buffer cimport PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
@@ -23,10 +24,18 @@ cdef enum:
 cdef class SharedMemory:
     """`size` bytes of zeroed guest memory (MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE)."""
 
-    def __cinit__(self, size_t size):
+    def __cinit__(self, size_t size, int fd=-1, size_t offset=0, bint writable=True, bint shared=False):
         if size == 0 or size % 4096:
             raise ValueError("guest memory size must be a positive multiple of 4096")
-        cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if offset % 4096:
+            raise ValueError("a mapping's file offset must be a multiple of 4096")
+        cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
+        cdef int flags = (MAP_SHARED if shared else MAP_PRIVATE) | MAP_NORESERVE
+        cdef void *p
+        if fd < 0:
+            p = mmap(NULL, size, prot, flags | MAP_ANONYMOUS, -1, 0)
+        else:
+            p = mmap(NULL, size, prot, flags, fd, offset)
         if p == MAP_FAILED:
             import os
             raise MemoryError(f"mmap of {size} bytes of guest memory failed: {os.strerror(errno)}")
@@ -34,6 +43,29 @@ cdef class SharedMemory:
         self.base = <unsigned char *>p
         self.size = size
         self.shape[0] = <Py_ssize_t>size
+        self.writable = writable
+
+    @classmethod
+    def from_fd(cls, int fd, size_t size, size_t offset=0, bint writable=True, bint shared=False):
+        """Maps a file: privately (copy-on-write, the file is never modified) unless shared."""
+        return cls(size, fd, offset, writable, shared)
+
+    def resident_pages(self):
+        """A numpy bool array, one entry a page: True where the page may hold data
+        (mincore: backed by memory); untouched pages of an anonymous map read as zero."""
+        import numpy as np
+        self._check_open()
+        out = np.zeros(self.size // 4096, dtype=np.uint8)
+        cdef unsigned char[::1] v = out
+        if mincore(self.base, self.size, &v[0]) != 0:
+            import os
+            raise OSError(errno, f"mincore: {os.strerror(errno)}")
+        return (out & 1).astype(bool)
+
+    def copy_from(self, size_t src_address, size_t offset, size_t n) -> None:
+        """Copies n bytes from host address src_address (another mapping) to offset."""
+        self._check_write(offset, n)
+        memcpy(self.base + offset, <const void *>src_address, n)
 
     @property
     def address(self) -> int:
@@ -60,13 +92,18 @@ cdef class SharedMemory:
         if offset > self.size or n > self.size - offset:
             raise IndexError(f"guest memory access [{offset:#x}, +{n:#x}) outside [0, {self.size:#x})")
 
+    cdef void _check_write(self, size_t offset, size_t n) except *:
+        self._check_range(offset, n)
+        if not self.writable:
+            raise ValueError("this mapping is read-only")
+
     def _check_open(self):
         if self.base == NULL or self.closed:
             raise ValueError("guest memory is closed")
 
     def prefault(self, size_t offset, size_t n) -> None:
         """Backs [offset, offset+n) with host pages now, so the guest's first touch is cheap."""
-        self._check_range(offset, n)
+        self._check_write(offset, n)
         cdef size_t start = offset & ~<size_t>4095, i
         if madvise(self.base + start, offset + n - start, MADV_POPULATE_WRITE_) != 0:
             i = start
@@ -80,14 +117,14 @@ cdef class SharedMemory:
 
     def write(self, size_t offset, const uint8_t[::1] data) -> None:
         cdef size_t n = data.shape[0]
-        self._check_range(offset, n)
+        self._check_write(offset, n)
         if n:
             memcpy(self.base + offset, &data[0], n)
 
     def fill(self, size_t offset, size_t n, int value=0) -> None:
         if not 0 <= value <= 255:
             raise ValueError(f"fill value {value} is not a byte")
-        self._check_range(offset, n)
+        self._check_write(offset, n)
         memset(self.base + offset, value, n)
 
     def read_u64(self, size_t offset) -> int:
@@ -95,7 +132,7 @@ cdef class SharedMemory:
         return (<uint64_t *>(self.base + offset))[0]
 
     def write_u64(self, size_t offset, uint64_t value) -> None:
-        self._check_range(offset, 8)
+        self._check_write(offset, 8)
         (<uint64_t *>(self.base + offset))[0] = value
 
     def __getbuffer__(self, Py_buffer *buf, int flags):
@@ -103,7 +140,9 @@ cdef class SharedMemory:
         buf.buf = self.base
         buf.obj = self
         buf.len = self.size
-        buf.readonly = 0
+        if (flags & PyBUF_WRITABLE) and not self.writable:
+            raise BufferError("this mapping is read-only")
+        buf.readonly = not self.writable
         buf.itemsize = 1
         buf.format = "B"
         buf.ndim = 1

@@ -2,9 +2,12 @@
 """The per-call hot path in Cython: claim the vCPU, write the CALL record, run until
 HALT, read the result. Exits other than HALT (host calls, logs, prints, faults) go
 to the sandbox's Python handler, which serves them or raises to end the call."""
-from ..func.wire cimport RecordStack
 from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+
+from ..func.wire cimport RecordStack
 from ..hypervisor.kvm cimport VirtualMachine
+from ..mem.shared_memory cimport SharedMemory
 
 cdef enum:
     PORT_HALT = 108  # docs/abi.md
@@ -57,3 +60,26 @@ cdef class CallPath:
         except BaseException:
             self.poisoned = True
             raise
+
+
+def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa, list ranges):
+    """Copies back, from the snapshot image `src`, every page of the dirty-logged slot
+    (at slot_gpa) the guest wrote since the last harvest, then each (gpa, size) range.
+    Costs what was written, not the slot's size. Returns the pages copied."""
+    cdef size_t i, n, off, total = 0
+    cdef uint64_t gpa, size
+    if dst.size != src.size or dst.base == NULL or src.base == NULL:
+        raise ValueError("snapshot image and guest memory differ in size or are closed")
+    vm.harvest_c()
+    n = vm.n_dirty
+    for i in range(n):
+        off = slot_gpa + vm.dirty[i] * 4096  # harvest_c only keeps pages inside the slot
+        memcpy(dst.base + off, src.base + off, 4096)
+    vm.n_dirty = 0
+    total = n
+    for gpa, size in ranges:
+        if gpa > dst.size or size > dst.size - gpa:
+            raise ValueError(f"restore range {gpa:#x}+{size:#x} is outside guest memory")
+        memcpy(dst.base + gpa, src.base + gpa, size)
+        total += size // 4096
+    return total

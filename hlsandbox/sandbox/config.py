@@ -1,8 +1,10 @@
 """SandboxConfiguration: sizes and limits of a sandbox, validated up front."""
 from __future__ import annotations
 
+import os
 import re
-from dataclasses import dataclass, fields
+import tempfile
+from dataclasses import dataclass, field, fields
 from typing import Union
 
 from ..errors import InvalidConfiguration
@@ -57,14 +59,22 @@ class SandboxConfiguration:
     whole pages. `guest_log_level` is the least severe guest log level forwarded
     ("trace" ... "critical", "none", or 0..6); None follows the `hlsandbox.guest`
     logger's effective level. `max_execution_time` (seconds, or None) limits each call.
+    `restore_after_call` restores the sandbox to its post-initialisation state after
+    every call (the default of call(..., restore=)).
+    `guest_core_dump` writes an ELF core file of the guest into `core_dump_dir` (default
+    the temporary directory) when a call ends in a guest fault or abort; the exception's
+    `core_dump` is its path (hlsandbox/sandbox/core_dump.py).
     """
 
     heap_size: Size = "1Mi"
     stack_size: Size = "256Ki"
-    input_data_size: Size = "64Ki"
-    output_data_size: Size = "64Ki"
+    input_data_size: Size = "16Ki"
+    output_data_size: Size = "16Ki"
     guest_log_level: Union[int, str, None] = None
     max_execution_time: Union[float, None] = None
+    guest_core_dump: bool = False
+    core_dump_dir: Union[str, "os.PathLike[str]"] = field(default_factory=tempfile.gettempdir)
+    restore_after_call: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -77,6 +87,12 @@ class SandboxConfiguration:
             self.guest_log_level = LOG_LEVELS[lvl.lower()]
         elif lvl is not None and (isinstance(lvl, bool) or not isinstance(lvl, int) or not 0 <= lvl <= 6):
             raise InvalidConfiguration(f"guest_log_level={lvl!r}: use 0..6 or a level name")
+        if not isinstance(self.restore_after_call, bool):
+            raise InvalidConfiguration(f"restore_after_call={self.restore_after_call!r}: use True or False")
         t = self.max_execution_time
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
             raise InvalidConfiguration(f"max_execution_time={t!r}: use a positive number of seconds or None")
+        if not isinstance(self.guest_core_dump, bool):
+            raise InvalidConfiguration(f"guest_core_dump={self.guest_core_dump!r}: use True or False")
+        if not isinstance(self.core_dump_dir, (str, os.PathLike)):
+            raise InvalidConfiguration(f"core_dump_dir={self.core_dump_dir!r}: use a directory path")

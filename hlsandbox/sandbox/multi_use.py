@@ -5,9 +5,9 @@ import logging
 import os
 import sys
 import types
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
-from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestError,
+from ..errors import (ExecutionCanceled, SnapshotMismatch, ExecutionTimeout, GuestAborted, GuestError,
                       GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
                       HostFunctionError, HyperlightError, PoisonedSandbox)
 from ..func.host_functions import HostFunctionRegistry
@@ -16,11 +16,14 @@ from ..func.wire import RecordStack
 from ..hypervisor import kvm
 from ..mem.builder import build_guest_memory
 from ..mem.elf import GuestBinary
-from ..mem.layout import TSS_SIZE, SandboxMemoryLayout
+from ..mem.layout import PAGE, TSS_SIZE, SandboxMemoryLayout
+from ..mem.shared_memory import SharedMemory
+from ..mem.snapshot import Snapshot, data_extents, page_runs
 from ..mem.system_tables import (GDT_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
 from .config import SandboxConfiguration
 from .call_path import CallPath
+from .call_path import restore_pages
 from .faults import fault_from_exit, fault_from_frame
 from .interrupt import InterruptHandle
 from .watchdog import WATCHDOG
@@ -61,8 +64,8 @@ class MultiUseSandbox:
         raise TypeError("create a MultiUseSandbox with UninitializedSandbox(...).evolve()")
 
     @classmethod
-    def _create(cls, binary: GuestBinary, config: SandboxConfiguration, host_functions: HostFunctionRegistry,
-                writer: Any) -> "MultiUseSandbox":
+    def _new(cls, config: SandboxConfiguration, host_functions: HostFunctionRegistry, writer: Any,
+             layout: SandboxMemoryLayout) -> "MultiUseSandbox":
         self = object.__new__(cls)
         self._closed = True  # until fully built, so close() and __del__ are safe
         self._vm = None
@@ -73,45 +76,114 @@ class MultiUseSandbox:
         self._writer = writer
         self._timed_out_generation = -1
         self._last_host_exception: Optional[BaseException] = None
+        self._max_time = config.max_execution_time
+        self._restore_after_call = config.restore_after_call
+        self._baseline: Optional[Snapshot] = None  # what the dirty pages are relative to
+        self._init_snapshot: Optional[Snapshot] = None
+        self.layout = layout
+        return self
+
+    def _attach(self, memory: SharedMemory) -> None:
+        """Builds the VM over guest memory: buffers, slots, the call path."""
+        L = self.layout
+        self._memory = memory
+        base = memory.address
+        self._input = RecordStack(memory, base + L.input_gpa, L.input_size, "input")
+        self._output = RecordStack(memory, base + L.output_gpa, L.output_size, "output")
+        self._vm = kvm.VirtualMachine(memory, base, L.slots())
+        self._path = CallPath(self._vm, self._input, self._output, self._serve)
+        self._closed = False
+
+    def _set_functions(self, table: list[tuple[str, tuple[int, ...], int]]) -> None:
+        self._functions = {name: _GuestFunction(name, params, ret) for name, params, ret in table}
+        self.functions: Mapping[str, Signature] = types.MappingProxyType(
+            {n: f.signature for n, f in self._functions.items()})
+
+    @classmethod
+    def _create(cls, binary: GuestBinary, config: SandboxConfiguration, host_functions: HostFunctionRegistry,
+                writer: Any) -> "MultiUseSandbox":
+        """Loads the ELF into fresh memory and runs the guest's initialisation."""
         image = binary.image
-        self.layout = L = SandboxMemoryLayout(image, config.heap_size, config.stack_size, config.input_data_size,
-                                              config.output_data_size)
+        L = SandboxMemoryLayout(image, config.heap_size, config.stack_size, config.input_data_size,
+                                config.output_data_size)
+        self = cls._new(config, host_functions, writer, L)
+        self._copy_ranges = L.writable_image_ranges(image)
         try:
-            self._memory = build_guest_memory(image, L, binary.name)
-            base = self._memory.address
-            self._input = RecordStack(self._memory, base + L.input_gpa, L.input_size, "input")
-            self._output = RecordStack(self._memory, base + L.output_gpa, L.output_size, "output")
-            self._vm = kvm.VirtualMachine(self._memory, base, L.total_size)
-            self._path = CallPath(self._vm, self._input, self._output, self._serve)
+            self._attach(build_guest_memory(image, L, binary.name))
             self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa, TSS_SIZE - 1)
             level = config.guest_log_level
             if level is None:
                 level = guest_level_for(GUEST_LOGGER)
             self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa,
                               rsi=int.from_bytes(os.urandom(8), "little"), rdx=4096, rcx=level, rflags=2)
-            self._closed = False
-            self._max_time = config.max_execution_time
             self._input.clear()
             self._output.clear()
             self._run_init(config.max_execution_time)
-            table = self._output.pop_function_table()
+            self._set_functions(self._output.pop_function_table())
+            self._init_snapshot = self.snapshot()
         except BaseException:
             self.close()
             raise
-        self._functions = {name: _GuestFunction(name, params, ret) for name, params, ret in table}
-        self.functions: Mapping[str, Signature] = types.MappingProxyType(
-            {n: f.signature for n, f in self._functions.items()})
+        return self
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Union[Snapshot, str, os.PathLike],
+                      config: Optional[SandboxConfiguration] = None, *,
+                      host_functions: Optional[Mapping[str, Any]] = None, writer: Any = None) -> "MultiUseSandbox":
+        """A running sandbox in the state of `snapshot` (a Snapshot or a snapshot file),
+        without running the guest's initialisation again.
+
+        Guest memory maps the snapshot copy-on-write, so sandboxes from one snapshot share
+        its pages until they write them. `host_functions` maps names to callables (typed by
+        their hints) or to (fn, params, returns); every host function the snapshot was taken
+        with must be given. `config` may change time limits; its sizes must match the snapshot."""
+        from .uninitialized import UninitializedSandbox
+        u = UninitializedSandbox(snapshot, config, writer=writer)
+        for name, spec in (host_functions or {}).items():
+            if isinstance(spec, tuple):
+                u.register(name, *spec)
+            else:
+                u.register(name, spec)
+        return u.evolve()
+
+    @classmethod
+    def _restored(cls, snap: Snapshot, config: Optional[SandboxConfiguration],
+                  host_functions: HostFunctionRegistry, writer: Any) -> "MultiUseSandbox":
+        L = snap.layout
+        if config is None:
+            config = SandboxConfiguration(heap_size=L.heap_size, stack_size=L.stack_size,
+                                          input_data_size=L.input_size, output_data_size=L.output_size)
+        sizes = {"heap_size": L.heap_size, "stack_size": L.stack_size, "input_data_size": L.input_size,
+                 "output_data_size": L.output_size}
+        wrong = [f"{k}={getattr(config, k)} (snapshot: {v})" for k, v in sizes.items() if getattr(config, k) != v]
+        if wrong:
+            raise SnapshotMismatch(f"configuration does not match the snapshot's layout: {', '.join(wrong)}")
+        _check_host_functions(snap, host_functions)
+        self = cls._new(config, host_functions, writer, L)
+        self._copy_ranges = list(snap.copy_ranges)
+        try:
+            self._attach(snap.map_private())
+            self._vm.load_state(snap.vcpu_state, True)
+            self._set_functions([(g.name, tuple(int(p) for p in g.params), int(g.returns))
+                                 for g in snap.guest_functions])
+            self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
+        except BaseException:
+            self.close()
+            raise
         return self
 
     # -- calls --------------------------------------------------------------------------------
 
-    def call(self, name: str, *args: Any, timeout: Optional[float] = None) -> Any:
+    def call(self, name: str, *args: Any, timeout: Optional[float] = None, restore: Optional[bool] = None) -> Any:
         """Calls guest function `name` with `args` and returns its result.
 
         Checks name, arity and types first (GuestFunctionNotFound,
         GuestFunctionParameterTypeMismatch). `timeout` (seconds, default the
         configuration's max_execution_time) stops a call that runs longer (ExecutionTimeout).
-        An abort, fault or cancellation poisons the sandbox (PoisonedSandbox)."""
+        An abort, fault or cancellation poisons the sandbox (PoisonedSandbox).
+        With `restore=True` (default: the configuration's restore_after_call) the sandbox
+        is restored to its state after initialisation once the call returns or fails,
+        so every such call starts from a clean guest."""
         fn = self._functions.get(name)
         if fn is None or self._closed or self._path.poisoned:
             self._refuse(name)
@@ -127,6 +199,8 @@ class MultiUseSandbox:
             raise
         finally:
             self._last_host_exception = None
+            if restore or (restore is None and self._restore_after_call):
+                self.restore(self._init_snapshot)
 
     def _refuse(self, name: str) -> None:
         if self._closed:
@@ -235,6 +309,59 @@ class MultiUseSandbox:
         else:
             w.write(text)
 
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Captures guest memory and vCPU state; restore() puts the sandbox back to it."""
+        if self._closed or self._path.poisoned:
+            self._refuse("")
+        path = self._path
+        path.begin()
+        try:
+            state = self._vm.save_state()
+            self._vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
+            snap = Snapshot.capture(self._memory, self.layout, state, self._host_functions.signatures(),
+                                    [f.signature for f in self._functions.values()], self._copy_ranges)
+            self._baseline = snap
+            return snap
+        finally:
+            path.end()
+
+    def restore(self, snapshot: Optional[Snapshot] = None) -> None:
+        """Puts memory and vCPU state back to `snapshot` (default: the state after
+        initialisation) and makes a poisoned sandbox usable again.
+
+        Restoring the snapshot this sandbox took or restored last costs the pages the
+        guest wrote since (found by KVM dirty logging) plus the regions every call
+        writes; any other snapshot with the same layout is copied whole."""
+        if self._closed:
+            self._refuse("")
+        snap = self._init_snapshot if snapshot is None else snapshot
+        if not isinstance(snap, Snapshot):
+            raise TypeError(f"restore() takes a Snapshot, not {type(snap).__name__}")
+        if snap is not self._baseline:
+            if snap.layout.describe() != self.layout.describe():
+                raise SnapshotMismatch("the snapshot's memory layout differs from this sandbox's")
+            _check_host_functions(snap, self._host_functions)
+            if [(g.name, g.params, g.returns) for g in snap.guest_functions] != \
+                    [(f.signature.name, f.signature.params, f.signature.returns) for f in self._functions.values()]:
+                raise SnapshotMismatch("the snapshot's guest functions differ from this sandbox's")
+        path = self._path
+        path.begin()
+        try:
+            L = self.layout
+            if snap is self._baseline:
+                restore_pages(self._vm, self._memory, snap.image, L.heap_gpa, self._copy_ranges + L.copied_ranges())
+                self._vm.load_state(snap.vcpu_state, False)
+            else:
+                self._vm.discard_dirty_pages()
+                _copy_all(self._memory, snap)
+                self._vm.load_state(snap.vcpu_state, True)
+                self._baseline = snap
+            path.poisoned = False
+        finally:
+            path.end()
+
     # -- state ---------------------------------------------------------------------------------
 
     @property
@@ -266,3 +393,27 @@ class MultiUseSandbox:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "poisoned" if self.poisoned else "ready"
         return f"<MultiUseSandbox {state}, {len(getattr(self, '_functions', {}))} guest functions>"
+
+
+def _check_host_functions(snap: Snapshot, registry: HostFunctionRegistry) -> None:
+    """Every host function the snapshot's guest may call must exist with the same signature."""
+    problems = []
+    for sig in snap.host_functions:
+        hf = registry.get(sig.name)
+        if hf is None:
+            problems.append(f"{sig} is not registered")
+        elif hf.signature != sig:
+            problems.append(f"{sig.name} is registered as {hf.signature}, the snapshot has {sig}")
+    if problems:
+        raise SnapshotMismatch("host functions do not match the snapshot: " + "; ".join(problems))
+
+
+def _copy_all(memory: SharedMemory, snap: Snapshot) -> None:
+    """Makes guest memory equal to the snapshot's image: copies every page that holds data
+    in either (other pages are zero in both)."""
+    mask = memory.resident_pages()
+    for a, b in data_extents(snap._fd, snap.memory_size, snap.offset):
+        mask[a // PAGE:-(-b // PAGE)] = True
+    src = snap.image.address
+    for a, b in page_runs(mask):
+        memory.copy_from(src + a * PAGE, a * PAGE, (b - a) * PAGE)

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable, Optional, TextIO, Union
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature
 from ..mem.elf import GuestBinary
+from ..mem.snapshot import Snapshot
 from .config import SandboxConfiguration
 
 Writer = Union[TextIO, Callable[[str], Any], None]
@@ -15,15 +16,25 @@ Writer = Union[TextIO, Callable[[str], Any], None]
 class UninitializedSandbox:
     """A sandbox being prepared: register host functions, then evolve() it.
 
-    `guest` is a path, the ELF's bytes, or a GuestBinary. `writer` receives what the
-    guest prints: a file-like object or a callable taking a string (default sys.stdout).
+    `guest` is a path, the ELF's bytes, or a GuestBinary; or a Snapshot (or a path to a
+    snapshot file ending in .hlsnap), in which case evolve() resumes it without running the
+    guest's initialisation. `writer` receives what the guest prints: a file-like object
+    or a callable taking a string (default sys.stdout).
     """
 
-    def __init__(self, guest: Union[GuestBinary, str, os.PathLike, bytes],
+    def __init__(self, guest: Union[GuestBinary, Snapshot, str, os.PathLike, bytes],
                  config: Optional[SandboxConfiguration] = None, *, writer: Writer = None) -> None:
-        self.binary = GuestBinary.coerce(guest)
+        self.snapshot: Optional[Snapshot] = None
+        self.binary: Optional[GuestBinary] = None
+        if isinstance(guest, Snapshot):
+            self.snapshot = guest
+        elif isinstance(guest, (str, os.PathLike)) and str(guest).endswith(".hlsnap"):
+            self.snapshot = Snapshot.load(guest)
+        else:
+            self.binary = GuestBinary.coerce(guest)
         if config is not None and not isinstance(config, SandboxConfiguration):
             raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
+        self._config_arg = config
         self.config = config or SandboxConfiguration()
         self.writer = writer
         self.host_functions = HostFunctionRegistry()
@@ -44,6 +55,9 @@ class UninitializedSandbox:
         if self._evolved:
             raise RuntimeError("this UninitializedSandbox was already evolved")
         from .multi_use import MultiUseSandbox
-        sb = MultiUseSandbox._create(self.binary, self.config, self.host_functions, self.writer)
+        if self.snapshot is not None:
+            sb = MultiUseSandbox._restored(self.snapshot, self._config_arg, self.host_functions, self.writer)
+        else:
+            sb = MultiUseSandbox._create(self.binary, self.config, self.host_functions, self.writer)
         self._evolved = True
         return sb

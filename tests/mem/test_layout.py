@@ -87,11 +87,11 @@ def test_simpleguest_layout_values(guest):
     code = 0x1000 + 0x4000 + 0x8000 + 0x1000  # null, 4 page-table pages, system, PEB
     assert layout.describe() == {
         "pt_gpa": 0x1000, "pt_size": 0x4000, "system_gpa": 0x5000, "peb_gpa": 0xD000, "code_gpa": code,
-        "image_size": img, "input_gpa": code + img, "input_size": 64 * KiB, "output_gpa": code + img + 64 * KiB,
-        "output_size": 64 * KiB, "heap_gpa": code + img + 128 * KiB, "heap_size": 1 * MiB,
-        "guard_gpa": code + img + 128 * KiB + MiB, "stack_gpa": code + img + 132 * KiB + MiB,
-        "stack_size": 256 * KiB, "stack_top": code + img + 388 * KiB + MiB,
-        "total_size": code + img + 388 * KiB + MiB,
+        "image_size": img, "image_align": PAGE, "input_gpa": code + img, "input_size": 16 * KiB,
+        "output_gpa": code + img + 16 * KiB, "output_size": 16 * KiB, "heap_gpa": code + img + 32 * KiB,
+        "heap_size": 1 * MiB, "guard_gpa": code + img + 32 * KiB + MiB, "stack_gpa": code + img + 36 * KiB + MiB,
+        "stack_size": 256 * KiB, "stack_top": code + img + 292 * KiB + MiB,
+        "total_size": code + img + 292 * KiB + MiB,
     }
 
 
@@ -195,7 +195,7 @@ def test_large_heap_page_tables(guest):
     assert layout.pt_size // PAGE == 1 + 1 + 2 + pts
     assert pts == 514 and layout.pt_size // PAGE == 518
     assert layout.code_gpa == 0x1000 + 518 * PAGE + SYSTEM_SIZE + PAGE
-    assert layout.total_size == layout.code_gpa + layout.image_size + 128 * KiB + GiB + PAGE + 256 * KiB
+    assert layout.total_size == layout.code_gpa + layout.image_size + 32 * KiB + GiB + PAGE + 256 * KiB
     assert layout.system_gpa == layout.pt_gpa + layout.pt_size
 
 

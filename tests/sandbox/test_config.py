@@ -15,10 +15,11 @@ def test_defaults():
     c = hl.SandboxConfiguration()
     assert c.heap_size == 1 << 20
     assert c.stack_size == 256 << 10
-    assert c.input_data_size == 64 << 10
-    assert c.output_data_size == 64 << 10
+    assert c.input_data_size == 16 << 10
+    assert c.output_data_size == 16 << 10
     assert c.guest_log_level is None
     assert c.max_execution_time is None
+    assert c.restore_after_call is False
 
 
 def test_invalid_configuration_is_a_value_error():

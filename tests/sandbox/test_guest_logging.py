@@ -66,7 +66,7 @@ def test_out_of_range_levels_are_clamped_or_dropped_by_the_sdk(caplog):
 
 def test_unicode_and_long_messages(caplog):
     caplog.set_level(logging.INFO, logger="hlsandbox.guest")
-    long = "ü" * 40_000  # 80 KB encoded: more than the 64 KiB output buffer, so truncated, still UTF-8
+    long = "ü" * 40_000  # 80 KB encoded: more than the output buffer, so truncated, still UTF-8
     with make_sandbox(hl.SandboxConfiguration(input_data_size="128Ki")) as sb:
         sb.call("LogMessage", "grüße ✓", 2)
         sb.call("LogMessage", long, 2)

@@ -1,0 +1,307 @@
+"""Snapshots: a sandbox's memory and vCPU state, in memory or in a file.
+
+The memory image lives in a file descriptor: a memfd for an in-memory snapshot,
+the snapshot file itself after load(). Sandboxes created from a snapshot map it
+privately, so they share its pages until they write them, and restores copy
+pages back from a read-only mapping of it."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import numpy as np
+
+from ..errors import InvalidSnapshot, SnapshotMismatch
+from ..func.types import Signature, ValueType
+from .layout import PAGE, SandboxMemoryLayout
+from .shared_memory import SharedMemory
+
+MAGIC = b"HLSNAP\x00\x00"
+FORMAT_VERSION = 1
+PROFILE = "amd64"
+ARCH = "x86_64"
+HEADER = struct.Struct("<8sIIQIIII")  # magic, version, header size, memory size, memory crc, meta crc, meta size, state size
+MAX_HEADER = 16 << 20
+
+
+def page_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) page index runs where mask is True."""
+    if not mask.any():
+        return []
+    m = np.concatenate(([False], mask.astype(bool), [False]))
+    edges = np.flatnonzero(m[1:] != m[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
+
+
+def data_extents(fd: int, size: int, offset: int = 0) -> list[tuple[int, int]]:
+    """[start, end) byte ranges (relative to offset) of fd that may hold data (not holes)."""
+    out = []
+    pos = offset
+    end = offset + size
+    while pos < end:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                break
+            return [(0, size)]  # no SEEK_DATA support: treat everything as data
+        if start >= end:
+            break
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        out.append((start - offset, stop - offset))
+        pos = stop
+    return out
+
+
+def memory_checksum(image: memoryview, extents: Iterable[tuple[int, int]]) -> int:
+    """CRC-32 over the non-zero pages and their indices: holes and zero pages do not count,
+    so the value does not depend on how sparse a copy of the image is."""
+    crc = 0
+    for start, end in extents:
+        start, end = start // PAGE * PAGE, -(-end // PAGE) * PAGE
+        pages = np.frombuffer(image[start:end], dtype=np.uint64).reshape(-1, PAGE // 8)
+        for i in np.flatnonzero(pages.any(axis=1)):
+            index = start // PAGE + int(i)
+            crc = zlib.crc32(pages[i].tobytes(), zlib.crc32(index.to_bytes(8, "little"), crc))
+    return crc
+
+
+def _sig_list(sigs: Iterable[Signature]) -> list:
+    return [[s.name, [int(p) for p in s.params], int(s.returns)] for s in sigs]
+
+
+def _parse_sigs(items: Any, what: str) -> list[Signature]:
+    if not isinstance(items, list):
+        raise InvalidSnapshot(f"{what}: not a list")
+    out = []
+    for it in items:
+        try:
+            name, params, ret = it
+            if not isinstance(name, str) or not name or not isinstance(params, list) or len(params) > 255:
+                raise ValueError
+            sig = Signature(name, tuple(ValueType(p) for p in params), ValueType(ret))
+            if any(p == ValueType.VOID for p in sig.params):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InvalidSnapshot(f"{what}: malformed entry {it!r:.80}") from None
+        out.append(sig)
+    return out
+
+
+class Snapshot:
+    """A sandbox's guest memory, vCPU state, layout and host-function signatures.
+
+    Take one with MultiUseSandbox.snapshot(), put a sandbox back with restore(),
+    save it with save(path), read it back with Snapshot.load(path), and start new
+    sandboxes from it with MultiUseSandbox.from_snapshot()."""
+
+    def __init__(self, *, fd: int, offset: int, layout: SandboxMemoryLayout, vcpu_state: bytes,
+                 host_functions: list[Signature], guest_functions: list[Signature],
+                 copy_ranges: list[tuple[int, int]], path: Optional[str] = None) -> None:
+        self._fd = fd
+        self.offset = offset
+        self.layout = layout
+        self.vcpu_state = vcpu_state
+        self.host_functions = list(host_functions)
+        self.guest_functions = list(guest_functions)
+        self.copy_ranges = list(copy_ranges)
+        self.path = path
+        self.profile = PROFILE
+        self.arch = ARCH
+        self.image = SharedMemory.from_fd(fd, layout.total_size, offset, writable=False, shared=False)
+
+    # -- creation ----------------------------------------------------------------------------
+
+    @classmethod
+    def capture(cls, memory: SharedMemory, layout: SandboxMemoryLayout, vcpu_state: bytes,
+                host_functions: list[Signature], guest_functions: list[Signature],
+                copy_ranges: list[tuple[int, int]]) -> "Snapshot":
+        """Copies the pages of `memory` that may hold data into a new memfd."""
+        size = layout.total_size
+        fd = os.memfd_create("hlsandbox-snapshot", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            with memoryview(memory) as mv:
+                for a, b in page_runs(memory.resident_pages()):
+                    _pwrite_all(fd, mv[a * PAGE:b * PAGE], a * PAGE)
+            return cls(fd=fd, offset=0, layout=layout, vcpu_state=vcpu_state, host_functions=host_functions,
+                       guest_functions=guest_functions, copy_ranges=copy_ranges)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def map_private(self) -> SharedMemory:
+        """A copy-on-write mapping of the image: guest memory for a new sandbox."""
+        return SharedMemory.from_fd(self._fd, self.layout.total_size, self.offset, writable=True, shared=False)
+
+    @property
+    def memory_size(self) -> int:
+        return self.layout.total_size
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _metadata(self) -> bytes:
+        meta = {"profile": self.profile, "arch": self.arch, "layout": self.layout.describe(),
+                "host_functions": _sig_list(self.host_functions),
+                "guest_functions": _sig_list(self.guest_functions),
+                "copy_ranges": [list(r) for r in self.copy_ranges]}
+        return json.dumps(meta, sort_keys=True).encode()
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Writes the snapshot to a file (sparse: zero pages take no disk space)."""
+        path = Path(path)
+        meta = self._metadata()
+        size = self.layout.total_size
+        header_size = -(-(HEADER.size + len(meta) + len(self.vcpu_state)) // PAGE) * PAGE
+        extents = data_extents(self._fd, size, self.offset)
+        with memoryview(self.image) as image:
+            crc = memory_checksum(image, extents)
+            head = HEADER.pack(MAGIC, FORMAT_VERSION, header_size, size, crc,
+                               zlib.crc32(meta + self.vcpu_state), len(meta), len(self.vcpu_state))
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _pwrite_all(fd, head + meta + self.vcpu_state, 0)
+                for a, b in extents:
+                    _pwrite_all(fd, image[a:b], header_size + a)
+                os.ftruncate(fd, header_size + size)
+                os.fsync(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+            os.close(fd)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> "Snapshot":
+        """Reads and verifies a snapshot file; the file is opened read-only and never modified."""
+        path = str(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise InvalidSnapshot(f"cannot open snapshot {path}: {e.strerror}") from None
+        try:
+            return cls._load_fd(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @classmethod
+    def _load_fd(cls, fd: int, path: str) -> "Snapshot":
+        from ..hypervisor.kvm import STATE_SIZE
+        file_size = os.fstat(fd).st_size
+        head = os.pread(fd, HEADER.size, 0)
+        if len(head) < HEADER.size:
+            raise InvalidSnapshot(f"{path}: {file_size} bytes is too short for a snapshot header")
+        magic, version, header_size, size, crc, meta_crc, meta_size, state_size = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise InvalidSnapshot(f"{path}: not an hlsandbox snapshot (bad magic {magic!r})")
+        if version != FORMAT_VERSION:
+            raise InvalidSnapshot(f"{path}: snapshot format version {version}, this hlsandbox reads {FORMAT_VERSION}")
+        if header_size % PAGE or not HEADER.size + meta_size + state_size <= header_size <= MAX_HEADER:
+            raise InvalidSnapshot(f"{path}: header size {header_size} is invalid")
+        if size == 0 or size % PAGE or size > 1 << 40:
+            raise InvalidSnapshot(f"{path}: memory size {size} is invalid")
+        if file_size != header_size + size:
+            raise InvalidSnapshot(f"{path}: file is {file_size} bytes, the header says {header_size + size} "
+                                  f"({'truncated' if file_size < header_size + size else 'trailing data'})")
+        blob = os.pread(fd, meta_size + state_size, HEADER.size)
+        if len(blob) != meta_size + state_size or zlib.crc32(blob) != meta_crc:
+            raise InvalidSnapshot(f"{path}: metadata checksum mismatch (corrupt header)")
+        try:
+            meta = json.loads(blob[:meta_size])
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidSnapshot(f"{path}: metadata is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise InvalidSnapshot(f"{path}: metadata is not an object")
+        if meta.get("arch") != ARCH:
+            raise SnapshotMismatch(f"{path}: snapshot of architecture {meta.get('arch')!r}, this host runs {ARCH}")
+        if meta.get("profile") != PROFILE:
+            raise SnapshotMismatch(f"{path}: snapshot of guest profile {meta.get('profile')!r}, expected {PROFILE}")
+        if state_size != STATE_SIZE:
+            raise SnapshotMismatch(f"{path}: vCPU state is {state_size} bytes, this host's is {STATE_SIZE}")
+        try:
+            layout = SandboxMemoryLayout.from_dict(meta.get("layout"))
+        except ValueError as e:
+            raise InvalidSnapshot(f"{path}: {e}") from None
+        if layout.total_size != size:
+            raise InvalidSnapshot(f"{path}: memory size {size} does not match the layout's {layout.total_size}")
+        state = blob[meta_size:]
+        check_vcpu_state(state, layout, path)
+        ranges = meta.get("copy_ranges")
+        if not isinstance(ranges, list) or not all(
+                isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r)
+                and r[0] % PAGE == 0 and r[1] % PAGE == 0 and layout.code_gpa <= r[0]
+                and r[0] + r[1] <= layout.code_gpa + layout.image_size for r in ranges):
+            raise InvalidSnapshot(f"{path}: copy ranges are invalid")
+        snap = cls(fd=fd, offset=header_size, layout=layout, vcpu_state=state,
+                   host_functions=_parse_sigs(meta.get("host_functions"), f"{path}: host functions"),
+                   guest_functions=_parse_sigs(meta.get("guest_functions"), f"{path}: guest functions"),
+                   copy_ranges=[tuple(r) for r in ranges], path=path)
+        with memoryview(snap.image) as image:
+            ok = memory_checksum(image, data_extents(fd, size, header_size)) == crc
+        if not ok:
+            snap.image.close()
+            snap._fd = -1  # the caller closes fd
+            raise InvalidSnapshot(f"{path}: memory checksum mismatch (corrupt memory image)")
+        return snap
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Releases the image; sandboxes created from it keep their own mappings."""
+        if self._fd >= 0:
+            self.image.close()
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        where = f" from {self.path}" if self.path else ""
+        return f"<Snapshot {self.profile}/{self.arch}, {self.layout.total_size} bytes{where}>"
+
+
+REGS = struct.Struct("<18Q")
+
+
+def vcpu_rip_rsp(state: bytes) -> tuple[int, int]:
+    regs = REGS.unpack_from(state, 0)
+    return regs[16], regs[6]
+
+
+def check_vcpu_state(state: bytes, layout: SandboxMemoryLayout, path: str) -> None:
+    """The state must be a CPL3 guest in this layout's code with its stack and page tables."""
+    rip, rsp = vcpu_rip_rsp(state)
+    cs_selector, = struct.unpack_from("<H", state, REGS.size + 12)
+    cs_dpl = state[REGS.size + 16]
+    cr3, = struct.unpack_from("<Q", state, REGS.size + 8 * 24 + 2 * 16 + 16)
+    problems = []
+    if not layout.code_gpa <= rip < layout.code_gpa + layout.image_size:
+        problems.append(f"rip {rip:#x} is outside the guest code")
+    if not layout.stack_gpa < rsp <= layout.stack_top:
+        problems.append(f"rsp {rsp:#x} is outside the stack")
+    if cs_selector != 0x23 or cs_dpl != 3:
+        problems.append(f"CS {cs_selector:#x} (DPL {cs_dpl}) is not the CPL3 code segment")
+    if cr3 != layout.pt_gpa:
+        problems.append(f"CR3 {cr3:#x} is not the page tables at {layout.pt_gpa:#x}")
+    if problems:
+        raise InvalidSnapshot(f"{path}: vCPU state is invalid: {'; '.join(problems)}")
+
+
+def _pwrite_all(fd: int, data: Any, offset: int) -> None:
+    mv = memoryview(data).cast("B")
+    while mv:
+        n = os.pwrite(fd, mv, offset)
+        mv = mv[n:]
+        offset += n

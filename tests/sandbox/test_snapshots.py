@@ -1,0 +1,377 @@
+"""Snapshots with real KVM: restore in memory, files, sandboxes from snapshots."""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import pytest
+
+import hlsandbox as hl
+from hlsandbox.mem.snapshot import HEADER, MAGIC
+
+from conftest import host_add, make_sandbox
+
+pytestmark = pytest.mark.kvm
+HOST = {"HostAdd": (host_add, (hl.i32, hl.i32), hl.i32)}
+
+
+def test_restore_undoes_globals_heap_and_stack(sandbox):
+    sandbox.call("SetStatic", 11)
+    p1 = sandbox.call("Malloc", 64 << 10)
+    snap = sandbox.snapshot()
+    sandbox.call("SetStatic", 99)
+    p2 = sandbox.call("Malloc", 64 << 10)
+    assert p2 != p1 and sandbox.call("GetStatic") == 99
+    sandbox.restore(snap)
+    assert sandbox.call("GetStatic") == 11
+    assert sandbox.call("Malloc", 64 << 10) == p2  # the second allocation never happened
+    sandbox.restore(snap)
+    assert sandbox.call("Malloc", 64 << 10) == p2
+
+
+def test_restore_brings_heap_contents_back(sandbox):
+    L = sandbox.layout
+    p = sandbox.call("Malloc", 3 * 4096)  # Malloc fills its block with a pattern
+    snap = sandbox.snapshot()
+    before = sandbox._memory.read(L.heap_gpa, L.heap_size)
+    sandbox.call("Free", p)
+    for _ in range(20):
+        sandbox.call("Malloc", 5000)
+    assert sandbox._memory.read(L.heap_gpa, L.heap_size) != before
+    sandbox.restore(snap)
+    assert sandbox._memory.read(L.heap_gpa, L.heap_size) == before
+
+
+def test_restore_after_every_kind_of_poison(sandbox):
+    snap = sandbox.snapshot()
+    for name, args, exc in [("DivideByZero", (0,), hl.GuestFault), ("Abort", (1, "x"), hl.GuestAborted),
+                            ("StackOverflow", (10**6,), hl.StackOverflow), ("WriteToCode", (), hl.MemoryAccessViolation)]:
+        with pytest.raises(exc):
+            sandbox.call(name, *args)
+        assert sandbox.poisoned
+        sandbox.restore(snap)
+        assert not sandbox.poisoned
+        assert sandbox.call("Add", 2, 3) == 5
+        assert sandbox.call("StackOverflow", 50) == 50
+
+
+def test_restore_after_kill(sandbox):
+    import threading
+    import time
+    snap = sandbox.snapshot()
+    h = sandbox.interrupt_handle()
+
+    def killer():
+        while not h.is_running():
+            time.sleep(0.001)
+        h.kill()
+
+    t = threading.Thread(target=killer)
+    t.start()
+    with pytest.raises(hl.ExecutionCanceled):
+        sandbox.call("Spin")
+    t.join()
+    sandbox.restore(snap)
+    assert sandbox.call("Echo", "alive") == "alive"
+
+
+def test_default_restore_is_the_state_after_init(sandbox):
+    sandbox.call("SetStatic", 5)
+    sandbox.restore()
+    assert sandbox.call("GetStatic") == 0
+
+
+def test_call_with_restore(sandbox):
+    assert sandbox.call("SetStatic", 42, restore=True) == 42
+    assert sandbox.call("GetStatic") == 0
+    with pytest.raises(hl.GuestFault):
+        sandbox.call("DivideByZero", 0, restore=True)
+    assert not sandbox.poisoned  # restored after the failure too
+    assert sandbox.call("Add", 1, 1, restore=True) == 2
+
+
+def test_restore_after_call_option():
+    with make_sandbox(hl.SandboxConfiguration(restore_after_call=True)) as sb:
+        sb.call("SetStatic", 3)
+        assert sb.call("GetStatic") == 0
+        assert sb.call("SetStatic", 4, restore=False) == 4
+        assert sb.call("GetStatic", restore=False) == 4
+
+
+def test_many_snapshots_and_restores(sandbox):
+    snaps = []
+    for i in range(5):
+        sandbox.call("SetStatic", i)
+        sandbox.call("Malloc", 1000 * (i + 1))
+        snaps.append(sandbox.snapshot())
+    for i in (3, 0, 4, 4, 1, 2):
+        sandbox.restore(snaps[i])
+        assert sandbox.call("GetStatic") == i
+
+
+def test_deep_stack_is_restored(sandbox):
+    """A guest cannot carry data across a restore in stack memory below the copied top."""
+    snap = sandbox.snapshot()
+    L = sandbox.layout
+    deep = L.stack_top - L.stack_copy_size - 0x2000
+    before = sandbox._memory.read(deep, 0x1000)
+    sandbox.call("StackOverflow", 60)  # ~60 KiB of stack frames
+    assert sandbox._memory.read(deep, 0x1000) != before
+    sandbox.restore(snap)
+    assert sandbox._memory.read(deep, 0x1000) == before
+
+
+def test_buffers_are_restored(sandbox):
+    snap = sandbox.snapshot()
+    L = sandbox.layout
+    before = sandbox._memory.read(L.input_gpa, L.input_size + L.output_size)
+    sandbox.call("Echo", "secret" * 100)
+    sandbox.restore(snap)
+    assert sandbox._memory.read(L.input_gpa, L.input_size + L.output_size) == before
+
+
+def test_snapshot_of_poisoned_sandbox_is_refused(sandbox):
+    with pytest.raises(hl.GuestFault):
+        sandbox.call("DivideByZero", 0)
+    with pytest.raises(hl.PoisonedSandbox):
+        sandbox.snapshot()
+
+
+def test_restore_requires_a_snapshot(sandbox):
+    with pytest.raises(TypeError):
+        sandbox.restore("not a snapshot")
+
+
+# -- across sandboxes ------------------------------------------------------------------------
+
+def test_restore_snapshot_from_another_sandbox():
+    with make_sandbox() as a, make_sandbox() as b:
+        a.call("SetStatic", 77)
+        a.call("Malloc", 20000)
+        snap = a.snapshot()
+        b.call("SetStatic", 1)
+        b.restore(snap)
+        assert b.call("GetStatic") == 77
+        assert b.call("Malloc", 20000) == a.call("Malloc", 20000)
+        assert b.call("CallHostAdd", 2, 2) == 4
+
+
+def test_restore_across_different_layout_is_refused():
+    with make_sandbox() as a, make_sandbox(hl.SandboxConfiguration(heap_size="2Mi")) as b:
+        with pytest.raises(hl.SnapshotMismatch, match="layout"):
+            b.restore(a.snapshot())
+
+
+def test_restore_across_missing_host_function_is_refused():
+    with make_sandbox() as a, hl.UninitializedSandbox(hl.guests.path("simpleguest")).evolve() as b:
+        with pytest.raises(hl.SnapshotMismatch, match=r"HostAdd\(i32, i32\) -> i32 is not registered"):
+            b.restore(a.snapshot())
+
+
+def test_restore_across_different_host_signature_is_refused():
+    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"))
+    u.register("HostAdd", lambda a, b: a + b, params=(hl.i64, hl.i64), returns=hl.i64)
+    with make_sandbox() as a, u.evolve() as b:
+        with pytest.raises(hl.SnapshotMismatch, match="registered as HostAdd"):
+            b.restore(a.snapshot())
+
+
+# -- files and sandboxes from snapshots ----------------------------------------------------------
+
+def test_file_round_trip(tmp_path, sandbox):
+    sandbox.call("SetStatic", 1234)
+    sandbox.call("Malloc", 12345)
+    snap = sandbox.snapshot()
+    path = tmp_path / "warm.hlsnap"
+    snap.save(path)
+    loaded = hl.Snapshot.load(path)
+    assert loaded.layout.describe() == sandbox.layout.describe()
+    assert loaded.host_functions == snap.host_functions
+    assert [g.name for g in loaded.guest_functions] == list(sandbox.functions)
+    assert loaded.vcpu_state == snap.vcpu_state
+    with hl.MultiUseSandbox.from_snapshot(loaded, host_functions=HOST) as sb2:
+        assert sb2.call("GetStatic") == 1234
+        assert sb2.call("CallHostAdd", 40, 2) == 42
+        assert sb2.functions == sandbox.functions
+        # restore within a sandbox created from a file
+        sb2.call("SetStatic", 1)
+        sb2.restore()
+        assert sb2.call("GetStatic") == 1234
+    with hl.MultiUseSandbox.from_snapshot(str(path), host_functions=HOST) as sb3:
+        assert sb3.call("GetStatic") == 1234
+    # the saved file is sparse: far smaller on disk than the memory it describes
+    st = os.stat(path)
+    assert st.st_blocks * 512 < st.st_size
+
+
+def test_from_snapshot_in_memory_and_sharing(sandbox):
+    sandbox.call("SetStatic", 8)
+    snap = sandbox.snapshot()
+    sbs = [hl.MultiUseSandbox.from_snapshot(snap, host_functions=HOST) for _ in range(3)]
+    try:
+        sbs[0].call("SetStatic", 100)
+        assert [sb.call("GetStatic") for sb in sbs] == [100, 8, 8]  # copy-on-write: no sharing of writes
+        assert sandbox.call("GetStatic") == 8
+    finally:
+        for sb in sbs:
+            sb.close()
+
+
+def test_uninitialized_sandbox_from_snapshot(tmp_path, sandbox):
+    sandbox.call("SetStatic", 21)
+    path = tmp_path / "s.hlsnap"
+    sandbox.snapshot().save(path)
+    u = hl.UninitializedSandbox(str(path))
+    u.register("HostAdd", host_add, params=(hl.i32, hl.i32), returns=hl.i32)
+    with u.evolve() as sb:
+        assert sb.call("GetStatic") == 21
+        assert sb.call("CallHostAdd", 1, 1) == 2
+
+
+def test_from_snapshot_missing_host_function(sandbox):
+    with pytest.raises(hl.SnapshotMismatch, match="HostAdd"):
+        hl.MultiUseSandbox.from_snapshot(sandbox.snapshot())
+
+
+def test_from_snapshot_config_must_match(sandbox):
+    snap = sandbox.snapshot()
+    with pytest.raises(hl.SnapshotMismatch, match="heap_size"):
+        hl.MultiUseSandbox.from_snapshot(snap, hl.SandboxConfiguration(heap_size="2Mi"), host_functions=HOST)
+    cfg = hl.SandboxConfiguration(max_execution_time=0.2)
+    with hl.MultiUseSandbox.from_snapshot(snap, cfg, host_functions=HOST) as sb:
+        with pytest.raises(hl.ExecutionTimeout):
+            sb.call("Spin")
+
+
+def test_file_is_never_modified(tmp_path, sandbox):
+    path = tmp_path / "ro.hlsnap"
+    sandbox.snapshot().save(path)
+    data = path.read_bytes()
+    mtime = os.stat(path).st_mtime_ns
+    with hl.MultiUseSandbox.from_snapshot(path, host_functions=HOST) as sb:
+        for i in range(50):
+            sb.call("Malloc", 4096 * (i % 7 + 1))
+            sb.call("SetStatic", i)
+        sb.restore()
+    assert path.read_bytes() == data and os.stat(path).st_mtime_ns == mtime
+
+
+# -- corrupt and mismatched files ------------------------------------------------------------
+
+@pytest.fixture
+def saved(tmp_path, sandbox):
+    sandbox.call("SetStatic", 3)
+    path = tmp_path / "c.hlsnap"
+    sandbox.snapshot().save(path)
+    return path
+
+
+def rewrite_header(path, **fields):
+    data = bytearray(path.read_bytes())
+    names = ["magic", "version", "header_size", "memory_size", "memory_crc", "meta_crc", "meta_size", "state_size"]
+    values = dict(zip(names, HEADER.unpack_from(data, 0)))
+    values.update(fields)
+    HEADER.pack_into(data, 0, *[values[n] for n in names])
+    path.write_bytes(bytes(data))
+    return values
+
+
+def load_error(path):
+    with pytest.raises((hl.InvalidSnapshot, hl.SnapshotMismatch)) as ei:
+        hl.Snapshot.load(path)
+    return ei.value
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("magic", b"NOTSNAP!", "bad magic"),
+    ("version", 2, "format version 2"),
+    ("header_size", 4097, "header size"),
+    ("header_size", 0, "header size"),
+    ("memory_size", 12345, "memory size"),
+    ("memory_size", 4096, "file is .* bytes"),
+    ("memory_crc", 0xDEADBEEF, "memory checksum"),
+    ("meta_crc", 1, "metadata checksum"),
+    ("meta_size", 3, "metadata checksum"),
+    ("state_size", 10, "metadata checksum"),
+])
+def test_corrupt_header_field(saved, field, value, match):
+    rewrite_header(saved, **{field: value})
+    assert isinstance(load_error(saved), hl.InvalidSnapshot)
+    with pytest.raises(hl.InvalidSnapshot, match=match):
+        hl.Snapshot.load(saved)
+
+
+def rewrite_metadata(path, edit):
+    import json
+    data = bytearray(path.read_bytes())
+    magic, version, header_size, size, crc, meta_crc, meta_size, state_size = HEADER.unpack_from(data, 0)
+    meta = json.loads(data[HEADER.size:HEADER.size + meta_size])
+    state = bytes(data[HEADER.size + meta_size:HEADER.size + meta_size + state_size])
+    edit(meta)
+    blob = json.dumps(meta).encode()
+    assert HEADER.size + len(blob) + len(state) <= header_size
+    head = HEADER.pack(magic, version, header_size, size, crc, zlib.crc32(blob + state), len(blob), len(state))
+    data[:header_size] = (head + blob + state).ljust(header_size, b"\0")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("edit,exc,match", [
+    (lambda m: m.update(arch="aarch64"), hl.SnapshotMismatch, "architecture 'aarch64'"),
+    (lambda m: m.update(profile="i686"), hl.SnapshotMismatch, "profile 'i686'"),
+    (lambda m: m["layout"].update(heap_gpa=m["layout"]["heap_gpa"] + 4096), hl.InvalidSnapshot, "layout is inconsistent"),
+    (lambda m: m["layout"].pop("heap_size"), hl.InvalidSnapshot, "layout fields"),
+    (lambda m: m.update(host_functions=[["HostAdd", [99], 1]]), hl.InvalidSnapshot, "host functions"),
+    (lambda m: m.update(guest_functions="nope"), hl.InvalidSnapshot, "guest functions"),
+    (lambda m: m.update(copy_ranges=[[0, 1 << 40]]), hl.InvalidSnapshot, "copy ranges"),
+])
+def test_corrupt_metadata(saved, edit, exc, match):
+    rewrite_metadata(saved, edit)
+    with pytest.raises(exc, match=match):
+        hl.Snapshot.load(saved)
+
+
+def test_corrupt_vcpu_state(saved):
+    data = bytearray(saved.read_bytes())
+    _, _, header_size, size, crc, _, meta_size, state_size = HEADER.unpack_from(data, 0)
+    state_at = HEADER.size + meta_size
+    struct.pack_into("<Q", data, state_at + 16 * 8, 0)  # rip = 0
+    blob = bytes(data[HEADER.size:state_at + state_size])
+    struct.pack_into("<I", data, 28, zlib.crc32(blob))
+    saved.write_bytes(bytes(data))
+    with pytest.raises(hl.InvalidSnapshot, match="rip 0x0 is outside the guest code"):
+        hl.Snapshot.load(saved)
+
+
+def test_corrupt_memory_byte(saved, sandbox):
+    data = bytearray(saved.read_bytes())
+    header_size = HEADER.unpack_from(data, 0)[2]
+    peb = sandbox.layout.peb_gpa
+    data[header_size + peb] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(hl.InvalidSnapshot, match="memory checksum"):
+        hl.Snapshot.load(saved)
+
+
+@pytest.mark.parametrize("keep", [0, 10, HEADER.size, 4096, 8192])
+def test_truncated_file(saved, keep):
+    data = saved.read_bytes()
+    saved.write_bytes(data[:keep])
+    with pytest.raises(hl.InvalidSnapshot):
+        hl.Snapshot.load(saved)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(hl.InvalidSnapshot, match="cannot open"):
+        hl.Snapshot.load(tmp_path / "nope.hlsnap")
+
+
+def test_trailing_data(saved):
+    with open(saved, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(hl.InvalidSnapshot, match="trailing data"):
+        hl.Snapshot.load(saved)
+
+
+def test_magic_constant():
+    assert MAGIC == b"HLSNAP\x00\x00"
