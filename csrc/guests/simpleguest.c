@@ -82,6 +82,11 @@ static hl_value read_address(const hl_value *args) {
   return hl_u64(*(volatile uint64_t *)(uintptr_t)args[0].u64);
 }
 
+static hl_value write_address(const hl_value *args) {
+  *(volatile uint64_t *)(uintptr_t)args[0].u64 = args[1].u64;
+  return hl_void();
+}
+
 static hl_value write_to_code(const hl_value *args) {
   (void)args;
   /* Code pages are read-only: this write faults. It writes back the byte it
@@ -95,6 +100,22 @@ static hl_value execute_address(const hl_value *args) {
   void (*fn)(void) = (void (*)(void))(uintptr_t)args[0].u64;
   fn();
   return hl_void();
+}
+
+/* MXCSR is FPU state a call can leave behind; restores must put it back. */
+static uint32_t get_mxcsr_raw(void) {
+  uint32_t v;
+  __asm__ volatile("stmxcsr %0" : "=m"(v));
+  return v;
+}
+static hl_value get_mxcsr(const hl_value *args) {
+  (void)args;
+  return hl_u32(get_mxcsr_raw());
+}
+static hl_value set_mxcsr(const hl_value *args) {
+  uint32_t old = get_mxcsr_raw(), v = args[0].u32 & 0xffff; /* reserved bits would #GP */
+  __asm__ volatile("ldmxcsr %0" ::"m"(v));
+  return hl_u32(old);
 }
 
 static hl_value divide_by_zero(const hl_value *args) {
@@ -119,6 +140,7 @@ static const hl_type P_BYTES[] = {HL_BYTES};
 static const hl_type P_I32[] = {HL_I32};
 static const hl_type P_U32[] = {HL_U32};
 static const hl_type P_I64[] = {HL_I64};
+static const hl_type P_U64_U64[] = {HL_U64, HL_U64};
 static const hl_type P_U64[] = {HL_U64};
 static const hl_type P_F32[] = {HL_F32};
 static const hl_type P_F64[] = {HL_F64};
@@ -147,8 +169,11 @@ void hyperlight_main(void) {
   hl_register("Spin", spin, HL_VOID, 0, NULL);
   hl_register("StackOverflow", stack_overflow, HL_I32, 1, P_I32);
   hl_register("ReadAddress", read_address, HL_U64, 1, P_U64);
+  hl_register("WriteAddress", write_address, HL_VOID, 2, P_U64_U64);
   hl_register("WriteToCode", write_to_code, HL_VOID, 0, NULL);
   hl_register("ExecuteAddress", execute_address, HL_VOID, 1, P_U64);
+  hl_register("GetMxcsr", get_mxcsr, HL_U32, 0, NULL);
+  hl_register("SetMxcsr", set_mxcsr, HL_U32, 1, P_U32);
   hl_register("DivideByZero", divide_by_zero, HL_I32, 1, P_I32);
   hl_register("Sum", sum, HL_U64, 1, P_U64);
   hl_register("Malloc", malloc_bytes, HL_U64, 1, P_U64);

@@ -56,8 +56,11 @@ cdef extern from "kvm_shim.h" nogil:
         kvm_regs regs
         kvm_sregs sregs
     int hl_save_state(int vcpu, hl_vcpu_state *s)
-    int hl_load_state(int vcpu, kvm_run *run, const hl_vcpu_state *s, int sync, int with_msrs)
+    int hl_load_state(int vcpu, kvm_run *run, const hl_vcpu_state *s, int sync, int what)
     int hl_enable_dirty_ring(int vm_fd, uint32_t bytes)
+    void hl_stage_registers(kvm_run *run, const hl_vcpu_state *s, uint64_t rip)
+    const uint8_t *hl_state_fxsave(const hl_vcpu_state *s)
+    uint64_t hl_state_rip(const hl_vcpu_state *s)
     int hl_gfn_dirty(kvm_dirty_gfn *e)
     void hl_gfn_collected(kvm_dirty_gfn *e)
     int hl_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)

@@ -41,6 +41,10 @@ EXIT_BAD_IO = -6
 EXIT_FAIL_ENTRY = -7
 EXIT_OTHER = -8
 
+# What VirtualMachine.load_state loads.
+LOAD_REGS, LOAD_SREGS, LOAD_FPU, LOAD_MSRS = 1, 2, 4, 8
+LOAD_ALL = 15
+
 DIRTY_RING_ENTRIES = 4096  # 64 KiB a vCPU; a fuller ring makes KVM exit and we harvest
 
 import signal as _signal
@@ -447,13 +451,14 @@ cdef class VirtualMachine:
             raise OSError(-rc, f"saving the vCPU state: {os.strerror(-rc)}")
         return (<char *>&st)[:sizeof(hl_vcpu_state)]
 
-    def load_state(self, const uint8_t[::1] state, bint with_msrs) -> None:
-        """Loads a state from save_state(); registers take effect at the next run."""
+    def load_state(self, const uint8_t[::1] state, int what=LOAD_ALL) -> None:
+        """Loads (parts of, see LOAD_*) a state from save_state(); registers take effect
+        at the next run."""
         self._check()
         if state.shape[0] != sizeof(hl_vcpu_state):
             raise ValueError(f"vCPU state is {state.shape[0]} bytes, expected {sizeof(hl_vcpu_state)}")
         cdef int rc = hl_load_state(self.vcpu_fd, self.run_ptr, <const hl_vcpu_state *>&state[0],
-                                    self.sync_regs, with_msrs)
+                                    self.sync_regs, what)
         if rc < 0:
             raise OSError(-rc, f"loading the vCPU state: {os.strerror(-rc)}")
 

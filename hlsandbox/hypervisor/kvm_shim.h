@@ -91,21 +91,32 @@ static inline int hl_save_state(int vcpu, struct hl_vcpu_state *s) {
   return 0;
 }
 
-/* Loads a saved state. General and segment registers go through kvm_run's
- * sync area when `sync` (applied by the next KVM_RUN, no ioctl); the FPU state
- * always needs KVM_SET_XSAVE; MSRs only when `with_msrs` (another VM's state). */
+/* What hl_load_state loads. */
+#define HL_LOAD_REGS 1
+#define HL_LOAD_SREGS 2
+#define HL_LOAD_FPU 4
+#define HL_LOAD_MSRS 8
+
+/* Loads parts of a saved state. General and segment registers go through
+ * kvm_run's sync area when `sync` (applied by the next KVM_RUN, no ioctl);
+ * the FPU state needs KVM_SET_XSAVE and MSRs KVM_SET_MSRS. */
 static inline int hl_load_state(int vcpu, struct kvm_run *run, const struct hl_vcpu_state *s, int sync,
-                                int with_msrs) {
+                                int what) {
   if (sync) {
-    run->s.regs.regs = s->regs;
-    run->s.regs.sregs = s->sregs;
-    run->kvm_dirty_regs |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+    if (what & HL_LOAD_REGS) {
+      run->s.regs.regs = s->regs;
+      run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
+    }
+    if (what & HL_LOAD_SREGS) {
+      run->s.regs.sregs = s->sregs;
+      run->kvm_dirty_regs |= KVM_SYNC_X86_SREGS;
+    }
   } else {
-    if (ioctl(vcpu, KVM_SET_SREGS, &s->sregs) < 0) return -errno;
-    if (ioctl(vcpu, KVM_SET_REGS, &s->regs) < 0) return -errno;
+    if ((what & HL_LOAD_SREGS) && ioctl(vcpu, KVM_SET_SREGS, &s->sregs) < 0) return -errno;
+    if ((what & HL_LOAD_REGS) && ioctl(vcpu, KVM_SET_REGS, &s->regs) < 0) return -errno;
   }
-  if (ioctl(vcpu, KVM_SET_XSAVE, &s->xsave) < 0) return -errno;
-  if (with_msrs && s->nmsrs) {
+  if ((what & HL_LOAD_FPU) && ioctl(vcpu, KVM_SET_XSAVE, &s->xsave) < 0) return -errno;
+  if ((what & HL_LOAD_MSRS) && s->nmsrs) {
     struct { struct kvm_msrs h; struct kvm_msr_entry e[HL_NMSRS]; } m;
     memset(&m, 0, sizeof m);
     m.h.nmsrs = s->nmsrs > HL_NMSRS ? HL_NMSRS : s->nmsrs;
@@ -114,6 +125,17 @@ static inline int hl_load_state(int vcpu, struct kvm_run *run, const struct hl_v
   }
   return 0;
 }
+
+/* The fast restore: stages the snapshot's general registers (RIP replaced by the
+ * restore trampoline's address) and segment registers in kvm_run's sync area. */
+static inline void hl_stage_registers(struct kvm_run *run, const struct hl_vcpu_state *s, uint64_t rip) {
+  run->s.regs.regs = s->regs;
+  run->s.regs.regs.rip = rip;
+  run->s.regs.sregs = s->sregs;
+  run->kvm_dirty_regs |= KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS;
+}
+static inline const uint8_t *hl_state_fxsave(const struct hl_vcpu_state *s) { return (const uint8_t *)&s->xsave; }
+static inline uint64_t hl_state_rip(const struct hl_vcpu_state *s) { return s->regs.rip; }
 
 /* ---- dirty page tracking -------------------------------------------------- */
 

@@ -11,6 +11,7 @@ from .layout import SandboxMemoryLayout
 from .paging import RegionMap, build_page_tables
 from .shared_memory import SharedMemory
 from .system_tables import IDT_VECTORS, STUB_STRIDE, write_system_tables
+from .trampoline import trampoline_code
 
 PEB_MAGIC = 0x0142455050424C48  # b"HLBPPEB\x01" little-endian
 ABI_VERSION = 1
@@ -33,8 +34,10 @@ def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str)
     return layout.code_gpa + off
 
 
-def build_guest_memory(image: ElfImage, layout: SandboxMemoryLayout, name: str) -> SharedMemory:
-    """Allocates guest memory and writes everything the guest needs before its first instruction."""
+def build_guest_memory(image: ElfImage, layout: SandboxMemoryLayout, name: str,
+                       clear_avx: bool = False) -> SharedMemory:
+    """Allocates guest memory and writes everything the guest needs before its first
+    instruction. `clear_avx`: see mem/trampoline.py (True on kvm-pvm)."""
     stubs = exception_stubs_gpa(image, layout, name)
     shm = SharedMemory(layout.total_size)
     try:
@@ -42,6 +45,8 @@ def build_guest_memory(image: ElfImage, layout: SandboxMemoryLayout, name: str) 
             image.load_into(mem, layout.code_gpa, layout.code_gpa)
             write_peb(mem, layout)
             write_system_tables(mem, layout, stubs)
+            code = trampoline_code(clear_avx)
+            mem[layout.trampoline_gpa:layout.trampoline_gpa + len(code)] = code
             regions = RegionMap((r.gpa, r.end, r.flags) for r in layout.regions(image))
             build_page_tables(np.frombuffer(mem, dtype=np.uint64), layout.pt_gpa, layout.total_size, regions)
         # Pages every call touches: fault them in now (a guest first touch costs ~5 µs a page).

@@ -25,6 +25,10 @@ DF_STACK_OFFSET = 0x7000  # one page: 0x7000..0x8000, IST1 = top
 SYSTEM_SIZE = 0x8000
 
 PEB_SIZE = PAGE
+# The restore trampoline page (user RX, host-written): code at 0, the jump target at
+# TRAMPOLINE_TARGET, the FXSAVE image to load at TRAMPOLINE_FXSAVE (see mem/trampoline.py).
+TRAMPOLINE_TARGET = 0x100
+TRAMPOLINE_FXSAVE = 0x200
 LOGGED_SLOT = 1  # the KVM memory slot that logs dirty pages (see SandboxMemoryLayout.slots)
 STACK_COPY = 16 << 10
 
@@ -80,6 +84,8 @@ class SandboxMemoryLayout:
         at += SYSTEM_SIZE
         self.peb_gpa = at
         at += PEB_SIZE
+        self.trampoline_gpa = at
+        at += PAGE
         self.code_gpa = align_up(at, image.align)
         at = self.code_gpa + self.image_size
         self.input_gpa = at
@@ -122,6 +128,7 @@ class SandboxMemoryLayout:
             Region("page_tables", self.pt_gpa, self.pt_size, NOT_PRESENT),
             Region("system", self.system_gpa, SYSTEM_SIZE, SUPERVISOR_RW),
             Region("peb", self.peb_gpa, PEB_SIZE, USER_RO),
+            Region("trampoline", self.trampoline_gpa, PAGE, USER_RX),
         ]
         out += self._code_regions(image)
         out += [
@@ -155,8 +162,8 @@ class SandboxMemoryLayout:
                 out[-1] = Region(last.name, last.gpa, last.size + PAGE, flags)
             else:
                 out.append(Region("code", gpa, PAGE, flags))
-        if self.code_gpa > self.peb_gpa + PEB_SIZE:  # alignment padding before the image
-            pad = self.peb_gpa + PEB_SIZE
+        if self.code_gpa > self.trampoline_gpa + PAGE:  # alignment padding before the image
+            pad = self.trampoline_gpa + PAGE
             out.insert(0, Region("padding", pad, self.code_gpa - pad, NOT_PRESENT))
         return out
 
@@ -194,7 +201,7 @@ class SandboxMemoryLayout:
                 out.append((start, end - start))
         return out
 
-    _KEYS = ("image_size", "image_align", "pt_gpa", "pt_size", "system_gpa", "peb_gpa", "code_gpa", "input_gpa",
+    _KEYS = ("image_size", "image_align", "pt_gpa", "pt_size", "system_gpa", "peb_gpa", "trampoline_gpa", "code_gpa", "input_gpa",
              "input_size", "output_gpa", "output_size", "heap_gpa", "heap_size", "guard_gpa", "stack_gpa",
              "stack_size", "stack_top", "total_size")
 

@@ -6,7 +6,9 @@ from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 from ..func.wire cimport RecordStack
-from ..hypervisor.kvm cimport VirtualMachine
+from libc.stdint cimport uint8_t
+from ..hypervisor.kvm cimport (VirtualMachine, hl_vcpu_state, hl_stage_registers, hl_state_fxsave,
+                               hl_state_rip)
 from ..mem.shared_memory cimport SharedMemory
 
 cdef enum:
@@ -62,24 +64,52 @@ cdef class CallPath:
             raise
 
 
-def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa, list ranges):
-    """Copies back, from the snapshot image `src`, every page of the dirty-logged slot
-    (at slot_gpa) the guest wrote since the last harvest, then each (gpa, size) range.
-    Costs what was written, not the slot's size. Returns the pages copied."""
-    cdef size_t i, n, off, total = 0
+cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa,
+                      const uint64_t[:, ::1] ranges) except? 0:
+    """Copies back, from the snapshot image `src`, every page of the dirty-logged slot (at
+    slot_gpa) the guest wrote since the last harvest, then each (gpa, size) range. Costs
+    what was written, not the slot's size. Returns the pages copied."""
+    cdef size_t i, n, off
     cdef uint64_t gpa, size
     if dst.size != src.size or dst.base == NULL or src.base == NULL:
         raise ValueError("snapshot image and guest memory differ in size or are closed")
+    for i in range(<size_t>ranges.shape[0]):
+        gpa, size = ranges[i, 0], ranges[i, 1]
+        if gpa > dst.size or size > dst.size - gpa:
+            raise ValueError(f"restore range {gpa:#x}+{size:#x} is outside guest memory")
     vm.harvest_c()
     n = vm.n_dirty
     for i in range(n):
         off = slot_gpa + vm.dirty[i] * 4096  # harvest_c only keeps pages inside the slot
         memcpy(dst.base + off, src.base + off, 4096)
     vm.n_dirty = 0
-    total = n
-    for gpa, size in ranges:
-        if gpa > dst.size or size > dst.size - gpa:
-            raise ValueError(f"restore range {gpa:#x}+{size:#x} is outside guest memory")
-        memcpy(dst.base + gpa, src.base + gpa, size)
-        total += size // 4096
-    return total
+    for i in range(<size_t>ranges.shape[0]):
+        memcpy(dst.base + ranges[i, 0], src.base + ranges[i, 0], ranges[i, 1])
+        n += ranges[i, 1] // 4096
+    return n
+
+
+def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa,
+                  const uint64_t[:, ::1] ranges):
+    """copy_back() for Python (tests and the slow path)."""
+    return copy_back(vm, dst, src, slot_gpa, ranges)
+
+
+def fast_restore(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa,
+                 const uint64_t[:, ::1] ranges, const uint8_t[::1] state, uint64_t trampoline,
+                 uint64_t target_offset, uint64_t fxsave_offset):
+    """The restore of the snapshot a sandbox took or restored last, with the vCPU claimed:
+    copies back what the guest can have written, stages the registers in kvm_run and
+    points RIP at the restore trampoline (mem/trampoline.py) with the snapshot's FPU image
+    and RIP, so nothing here is a vCPU ioctl. Returns the pages copied."""
+    if state.shape[0] != sizeof(hl_vcpu_state):
+        raise ValueError("vCPU state has the wrong size")
+    if target_offset + 8 > 4096 or fxsave_offset + 512 > 4096 or fxsave_offset % 16 or trampoline + 4096 > dst.size:
+        raise ValueError("restore trampoline is outside guest memory")
+    cdef size_t n = copy_back(vm, dst, src, slot_gpa, ranges)
+    cdef const hl_vcpu_state *st = <const hl_vcpu_state *>&state[0]
+    cdef uint64_t rip = hl_state_rip(st)
+    memcpy(dst.base + trampoline + target_offset, &rip, 8)
+    memcpy(dst.base + trampoline + fxsave_offset, hl_state_fxsave(st), 512)
+    hl_stage_registers(vm.run_ptr, st, trampoline)
+    return n

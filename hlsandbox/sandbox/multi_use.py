@@ -7,23 +7,25 @@ import sys
 import types
 from typing import Any, Mapping, Optional, Union
 
-from ..errors import (ExecutionCanceled, SnapshotMismatch, ExecutionTimeout, GuestAborted, GuestError,
+import numpy as np
+
+from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestError,
                       GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
-                      HostFunctionError, HyperlightError, PoisonedSandbox)
+                      HostFunctionError, HyperlightError, PoisonedSandbox, SnapshotMismatch)
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
 from ..hypervisor import kvm
 from ..mem.builder import build_guest_memory
 from ..mem.elf import GuestBinary
-from ..mem.layout import PAGE, TSS_SIZE, SandboxMemoryLayout
+from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory
 from ..mem.snapshot import Snapshot, data_extents, page_runs
 from ..mem.system_tables import (GDT_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
 from .config import SandboxConfiguration
 from .call_path import CallPath
-from .call_path import restore_pages
+from .call_path import fast_restore
 from .faults import fault_from_exit, fault_from_frame
 from .interrupt import InterruptHandle
 from .watchdog import WATCHDOG
@@ -80,6 +82,8 @@ class MultiUseSandbox:
         self._restore_after_call = config.restore_after_call
         self._baseline: Optional[Snapshot] = None  # what the dirty pages are relative to
         self._init_snapshot: Optional[Snapshot] = None
+        self._pending: Optional[Snapshot] = None  # restored, vCPU not run since (state staged)
+        self._pending_generation = -1
         self.layout = layout
         return self
 
@@ -94,6 +98,10 @@ class MultiUseSandbox:
         self._path = CallPath(self._vm, self._input, self._output, self._serve)
         self._closed = False
 
+    def _set_copy_ranges(self, image_ranges: list[tuple[int, int]]) -> None:
+        self._copy_ranges = list(image_ranges)
+        self._restore_ranges = np.array(self._copy_ranges + self.layout.copied_ranges(), dtype=np.uint64)
+
     def _set_functions(self, table: list[tuple[str, tuple[int, ...], int]]) -> None:
         self._functions = {name: _GuestFunction(name, params, ret) for name, params, ret in table}
         self.functions: Mapping[str, Signature] = types.MappingProxyType(
@@ -107,9 +115,9 @@ class MultiUseSandbox:
         L = SandboxMemoryLayout(image, config.heap_size, config.stack_size, config.input_data_size,
                                 config.output_data_size)
         self = cls._new(config, host_functions, writer, L)
-        self._copy_ranges = L.writable_image_ranges(image)
+        self._set_copy_ranges(L.writable_image_ranges(image))
         try:
-            self._attach(build_guest_memory(image, L, binary.name))
+            self._attach(build_guest_memory(image, L, binary.name, clear_avx=kvm.is_kvm_pvm()))
             self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa, TSS_SIZE - 1)
             level = config.guest_log_level
             if level is None:
@@ -160,10 +168,11 @@ class MultiUseSandbox:
             raise SnapshotMismatch(f"configuration does not match the snapshot's layout: {', '.join(wrong)}")
         _check_host_functions(snap, host_functions)
         self = cls._new(config, host_functions, writer, L)
-        self._copy_ranges = list(snap.copy_ranges)
+        self._set_copy_ranges(snap.copy_ranges)
         try:
             self._attach(snap.map_private())
-            self._vm.load_state(snap.vcpu_state, True)
+            self._vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
+            self._pending, self._pending_generation = snap, self._vm.generation
             self._set_functions([(g.name, tuple(int(p) for p in g.params), int(g.returns))
                                  for g in snap.guest_functions])
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
@@ -315,11 +324,14 @@ class MultiUseSandbox:
         """Captures guest memory and vCPU state; restore() puts the sandbox back to it."""
         if self._closed or self._path.poisoned:
             self._refuse("")
+        vm = self._vm
         path = self._path
+        staged = self._pending is not None and vm.generation == self._pending_generation
         path.begin()
         try:
-            state = self._vm.save_state()
-            self._vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
+            # After a restore the snapshot's state is staged, not yet in the vCPU.
+            state = self._pending.vcpu_state if staged else vm.save_state()
+            vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
             snap = Snapshot.capture(self._memory, self.layout, state, self._host_functions.signatures(),
                                     [f.signature for f in self._functions.values()], self._copy_ranges)
             self._baseline = snap
@@ -346,18 +358,20 @@ class MultiUseSandbox:
             if [(g.name, g.params, g.returns) for g in snap.guest_functions] != \
                     [(f.signature.name, f.signature.params, f.signature.returns) for f in self._functions.values()]:
                 raise SnapshotMismatch("the snapshot's guest functions differ from this sandbox's")
+        vm = self._vm
         path = self._path
         path.begin()
         try:
             L = self.layout
             if snap is self._baseline:
-                restore_pages(self._vm, self._memory, snap.image, L.heap_gpa, self._copy_ranges + L.copied_ranges())
-                self._vm.load_state(snap.vcpu_state, False)
+                fast_restore(vm, self._memory, snap.image, L.heap_gpa, self._restore_ranges, snap.vcpu_state,
+                             L.trampoline_gpa, TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
             else:
-                self._vm.discard_dirty_pages()
+                vm.discard_dirty_pages()
                 _copy_all(self._memory, snap)
-                self._vm.load_state(snap.vcpu_state, True)
+                vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
                 self._baseline = snap
+            self._pending, self._pending_generation = snap, vm.generation
             path.poisoned = False
         finally:
             path.end()

@@ -13,7 +13,7 @@ from hlsandbox.mem.layout import (NOT_PRESENT, NX, PAGE, RW, SUPERVISOR_RW, SYST
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 # docs/abi.md "Memory layout", in address order.
-DOC_ORDER = ["null", "page_tables", "system", "peb", "code", "input", "output", "heap", "guard", "stack"]
+DOC_ORDER = ["null", "page_tables", "system", "peb", "trampoline", "code", "input", "output", "heap", "guard", "stack"]
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +84,10 @@ def test_simpleguest_regions_in_documented_order(guest):
 def test_simpleguest_layout_values(guest):
     layout = make_layout(guest.image)
     img = align_up(guest.image.size, PAGE)
-    code = 0x1000 + 0x4000 + 0x8000 + 0x1000  # null, 4 page-table pages, system, PEB
+    code = 0x1000 + 0x4000 + 0x8000 + 0x1000 + 0x1000  # null, 4 page-table pages, system, PEB, trampoline
     assert layout.describe() == {
-        "pt_gpa": 0x1000, "pt_size": 0x4000, "system_gpa": 0x5000, "peb_gpa": 0xD000, "code_gpa": code,
+        "pt_gpa": 0x1000, "pt_size": 0x4000, "system_gpa": 0x5000, "peb_gpa": 0xD000, "trampoline_gpa": 0xE000,
+        "code_gpa": code,
         "image_size": img, "image_align": PAGE, "input_gpa": code + img, "input_size": 16 * KiB,
         "output_gpa": code + img + 16 * KiB, "output_size": 16 * KiB, "heap_gpa": code + img + 32 * KiB,
         "heap_size": 1 * MiB, "guard_gpa": code + img + 32 * KiB + MiB, "stack_gpa": code + img + 36 * KiB + MiB,
@@ -136,6 +137,7 @@ def test_fixed_region_flags(guest):
     layout = make_layout(guest.image)
     flags = {r.name: r.flags for r in layout.regions(guest.image) if r.name != "code"}
     assert flags == {"null": NOT_PRESENT, "page_tables": NOT_PRESENT, "system": P | RW | NX, "peb": P | US | NX,
+                     "trampoline": P | US,
                      "input": P | RW | US | NX, "output": P | RW | US | NX, "heap": P | RW | US | NX,
                      "guard": NOT_PRESENT, "stack": P | RW | US | NX}
     assert SUPERVISOR_RW & US == 0
@@ -194,7 +196,7 @@ def test_large_heap_page_tables(guest):
     pts = -(-total // (2 * MiB))
     assert layout.pt_size // PAGE == 1 + 1 + 2 + pts
     assert pts == 514 and layout.pt_size // PAGE == 518
-    assert layout.code_gpa == 0x1000 + 518 * PAGE + SYSTEM_SIZE + PAGE
+    assert layout.code_gpa == 0x1000 + 518 * PAGE + SYSTEM_SIZE + 2 * PAGE  # + PEB, trampoline
     assert layout.total_size == layout.code_gpa + layout.image_size + 32 * KiB + GiB + PAGE + 256 * KiB
     assert layout.system_gpa == layout.pt_gpa + layout.pt_size
 
@@ -248,12 +250,12 @@ def test_large_alignment_adds_padding():
     layout = SandboxMemoryLayout(img, PAGE, 2 * PAGE, PAGE, PAGE)
     assert layout.code_gpa == 1 << 21
     regions = check_regions(layout, img)
-    assert names_collapsed(regions) == DOC_ORDER[:4] + ["padding"] + DOC_ORDER[4:]
+    assert names_collapsed(regions) == DOC_ORDER[:5] + ["padding"] + DOC_ORDER[5:]
     pad = [r for r in regions if r.name == "padding"][0]
-    assert (pad.gpa, pad.end, pad.flags) == (layout.peb_gpa + PAGE, 1 << 21, NOT_PRESENT)
+    assert (pad.gpa, pad.end, pad.flags) == (layout.trampoline_gpa + PAGE, 1 << 21, NOT_PRESENT)
 
 
 def test_no_padding_when_aligned(guest):
     layout = make_layout(guest.image)
     assert all(r.name != "padding" for r in layout.regions(guest.image))
-    assert layout.code_gpa == layout.peb_gpa + PAGE
+    assert layout.code_gpa == layout.trampoline_gpa + PAGE

@@ -375,3 +375,40 @@ def test_trailing_data(saved):
 
 def test_magic_constant():
     assert MAGIC == b"HLSNAP\x00\x00"
+
+
+# -- vCPU state ------------------------------------------------------------------------------
+
+def test_fpu_state_is_restored(sandbox):
+    default = sandbox.call("GetMxcsr")
+    snap = sandbox.snapshot()
+    changed = default ^ 0x6000  # another rounding mode
+    sandbox.call("SetMxcsr", changed)
+    assert sandbox.call("GetMxcsr") == changed
+    sandbox.restore(snap)  # the fast path: the restore trampoline reloads the FPU image
+    assert sandbox.call("GetMxcsr") == default
+    sandbox.call("SetMxcsr", changed)
+    with make_sandbox() as other:
+        other.restore(snap)  # another VM: KVM_SET_XSAVE
+        assert other.call("GetMxcsr") == default
+
+
+def test_snapshot_right_after_restore_has_the_restored_state(sandbox):
+    sandbox.call("SetStatic", 1)
+    a = sandbox.snapshot()
+    sandbox.call("SetStatic", 2)
+    sandbox.call("SetMxcsr", sandbox.call("GetMxcsr") ^ 0x6000)
+    sandbox.restore(a)
+    b = sandbox.snapshot()  # the vCPU has not run since the restore
+    assert b.vcpu_state == a.vcpu_state
+    sandbox.call("SetStatic", 3)
+    sandbox.restore(b)
+    assert sandbox.call("GetStatic") == 1
+
+
+def test_trampoline_is_not_writable_by_the_guest(sandbox):
+    t = sandbox.layout.trampoline_gpa
+    assert sandbox.call("ReadAddress", t) != 0  # readable and executable: it holds the code
+    with pytest.raises(hl.MemoryAccessViolation, match="write of .* .protection violation.") as ei:
+        sandbox.call("WriteAddress", t + 0x100, 0x1234)
+    assert ei.value.address == t + 0x100
