@@ -87,6 +87,14 @@ static hl_value write_address(const hl_value *args) {
   return hl_void();
 }
 
+/* Writes one word in each of `count` consecutive pages from `addr`: dirties pages for
+ * the snapshot benchmarks and tests. Returns the number of pages written. */
+static hl_value write_pages(const hl_value *args) {
+  volatile uint64_t *p = (volatile uint64_t *)(uintptr_t)args[0].u64;
+  for (uint32_t i = 0; i < args[1].u32; i++) p[i * 512] = i + 1;
+  return hl_u32(args[1].u32);
+}
+
 static hl_value write_to_code(const hl_value *args) {
   (void)args;
   /* Code pages are read-only: this write faults. It writes back the byte it
@@ -141,6 +149,7 @@ static const hl_type P_I32[] = {HL_I32};
 static const hl_type P_U32[] = {HL_U32};
 static const hl_type P_I64[] = {HL_I64};
 static const hl_type P_U64_U64[] = {HL_U64, HL_U64};
+static const hl_type P_U64_U32[] = {HL_U64, HL_U32};
 static const hl_type P_U64[] = {HL_U64};
 static const hl_type P_F32[] = {HL_F32};
 static const hl_type P_F64[] = {HL_F64};
@@ -170,6 +179,7 @@ void hyperlight_main(void) {
   hl_register("StackOverflow", stack_overflow, HL_I32, 1, P_I32);
   hl_register("ReadAddress", read_address, HL_U64, 1, P_U64);
   hl_register("WriteAddress", write_address, HL_VOID, 2, P_U64_U64);
+  hl_register("WritePages", write_pages, HL_U32, 2, P_U64_U32);
   hl_register("WriteToCode", write_to_code, HL_VOID, 0, NULL);
   hl_register("ExecuteAddress", execute_address, HL_VOID, 1, P_U64);
   hl_register("GetMxcsr", get_mxcsr, HL_U32, 0, NULL);
