@@ -25,6 +25,8 @@ enum {
   HL_REC_LOG = 4,
   HL_REC_PRINT = 5,
   HL_REC_FUNCTION_TABLE = 6,
+  HL_REC_RAW_CALL = 7,
+  HL_REC_RAW_RESULT = 8,
 };
 
 /* Error codes of ERROR records. */
@@ -38,7 +40,8 @@ enum {
 };
 
 #define HL_PEB_MAGIC 0x0142455050424c48ULL
-#define HL_ABI_VERSION 1
+#define HL_ABI_VERSION 2
+#define HL_PROFILE_AMD64 0
 
 /* PEB field offsets in u64 units. */
 enum {
@@ -55,7 +58,13 @@ enum {
   HL_PEB_CODE_ADDR,
   HL_PEB_CODE_SIZE,
   HL_PEB_MEMORY_SIZE,
+  HL_PEB_SCRATCH_ADDR,  /* 104 */
+  HL_PEB_SCRATCH_SIZE,  /* 112 */
+  HL_PEB_COUNTER_ADDR,  /* 120: the GuestCounter (a u64) */
+  HL_PEB_PROFILE,       /* 128: 0 amd64, 1 i686 */
+  HL_PEB_FIELDS,
 };
+_Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");
 
 /* ---- buffers.c: stacks of records ---- */
 
@@ -136,6 +145,8 @@ bool hl_push_error(uint32_t code, const char *msg, uint64_t len);
 /* ---- runtime.c ---- */
 
 extern int hl_min_log_level;
+/* Address of the GuestCounter (PEB offset 120); NULL if the host gave none. */
+extern const volatile uint64_t *hl_guest_counter_ptr;
 
 /* ---- alloc.c ---- */
 

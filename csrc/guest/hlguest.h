@@ -79,6 +79,33 @@ void hl_fail(uint32_t code, const char *message);
  * strings/bytes stay valid until the next host call or the end of the call. */
 uint32_t hl_call_host(const char *name, hl_type ret_type, int nargs, const hl_value *args, hl_value *ret);
 
+/* Calls a raw host function, registered on the host by numeric id
+ * (docs/abi.md, "Raw host calls"): the request bytes go out as they are and
+ * the response comes back as bytes. Returns the status:
+ *   HL_RAW_OK (0)         *resp, *resp_len hold the function's response;
+ *   HL_RAW_UNKNOWN_ID (1) no host function has this id;
+ *   HL_RAW_RAISED (2)     the host function raised; the response is its
+ *                         message (UTF-8);
+ *   HL_RAW_TOO_LARGE (3)  the response does not fit the input buffer, or
+ *                         (decided in the guest) the request does not fit
+ *                         the output buffer;
+ *   HL_RAW_MALFORMED (6)  the host's reply is not a well-formed RAW_RESULT
+ *                         (the code typed calls use for malformed
+ *                         records), or bad arguments (a NULL request with
+ *                         a nonzero length).
+ * For a status the guest decided itself (3 for a request, 6), the response
+ * is a message (text) the SDK owns. The response points into the input
+ * buffer and stays valid until the next host call. resp and resp_len may be
+ * NULL. */
+enum { HL_RAW_OK = 0, HL_RAW_UNKNOWN_ID = 1, HL_RAW_RAISED = 2, HL_RAW_TOO_LARGE = 3, HL_RAW_MALFORMED = 6 };
+uint32_t hl_call_host_raw(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp,
+                          uint32_t *resp_len);
+
+/* The current value of the host's GuestCounter (docs/abi.md, PEB offset
+ * 120): a u64 only the host writes, between calls. Read afresh each time;
+ * 0 if the host gave no counter address. */
+uint64_t hl_guest_counter(void);
+
 /* Logging: level 0 trace .. 5 critical. Records below the host's level are
  * dropped in the guest. */
 enum { HL_LOG_TRACE = 0, HL_LOG_DEBUG, HL_LOG_INFO, HL_LOG_WARNING, HL_LOG_ERROR, HL_LOG_CRITICAL };

@@ -3,6 +3,7 @@
 #include "hl_internal.h"
 
 int hl_min_log_level = HL_LOG_TRACE;
+const volatile uint64_t *hl_guest_counter_ptr;
 static uint64_t hl_seed_value;
 
 uint64_t hl_seed(void) { return hl_seed_value; }
@@ -268,12 +269,17 @@ void hl_init(const uint64_t *peb, uint64_t seed, uint64_t page_size, uint64_t mi
   hl_output_buffer.size = peb[HL_PEB_OUTPUT_SIZE];
   hl_buffer_reset(&hl_output_buffer); /* from here on hl_abort can report */
 
-  if (peb[HL_PEB_VERSION] != HL_ABI_VERSION) hl_abort(HL_ERR_GENERIC, "unsupported ABI version in the PEB");
+  if (peb[HL_PEB_VERSION] != HL_ABI_VERSION) hl_abort(HL_ERR_GENERIC, "unsupported ABI version in the PEB (want 2)");
+  if (peb[HL_PEB_PROFILE] != HL_PROFILE_AMD64) hl_abort(HL_ERR_GENERIC, "the PEB's profile is not amd64");
   if (!buffer_usable(peb[HL_PEB_INPUT_ADDR], peb[HL_PEB_INPUT_SIZE]))
     hl_abort(HL_ERR_GENERIC, "bad input buffer in the PEB");
   hl_input_buffer.base = (uint8_t *)(uintptr_t)peb[HL_PEB_INPUT_ADDR];
   hl_input_buffer.size = peb[HL_PEB_INPUT_SIZE];
   hl_buffer_reset(&hl_input_buffer);
+
+  uint64_t counter = peb[HL_PEB_COUNTER_ADDR];
+  if ((counter & 7) != 0) hl_abort(HL_ERR_GENERIC, "misaligned GuestCounter address in the PEB");
+  hl_guest_counter_ptr = (const volatile uint64_t *)(uintptr_t)counter;
 
   hl_seed_value = seed;
   hl_min_log_level = min_log_level > 6 ? 6 : (int)min_log_level;

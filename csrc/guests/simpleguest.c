@@ -25,6 +25,77 @@ static hl_value call_host_add(const hl_value *args) {
   return ret;
 }
 
+/* A message for hl_fail, built in a fixed buffer (cut when full). */
+typedef struct {
+  char text[512];
+  uint32_t len;
+} message;
+
+static void msg_mem(message *m, const void *p, uint32_t n) {
+  if (n > sizeof m->text - 1 - m->len) n = sizeof m->text - 1 - m->len;
+  memcpy(m->text + m->len, p, n);
+  m->len += n;
+  m->text[m->len] = '\0';
+}
+
+static void msg_str(message *m, const char *s) { msg_mem(m, s, (uint32_t)strlen(s)); }
+
+static void msg_int(message *m, int64_t v) {
+  char buf[21];
+  msg_str(m, hl_itoa(v, buf));
+}
+
+/* Appends bytes as valid UTF-8 (the host decodes ERROR messages strictly):
+ * a byte that does not start a valid, complete sequence becomes '?', and a
+ * character that does not fit whole ends the text. */
+static void msg_utf8(message *m, const uint8_t *s, uint32_t len) {
+  uint32_t i = 0;
+  while (i < len) {
+    uint8_t c = s[i];
+    uint32_t n = c < 0x80                         ? 1
+                 : (c & 0xE0) == 0xC0 && c >= 0xC2 ? 2
+                 : (c & 0xF0) == 0xE0              ? 3
+                 : (c & 0xF8) == 0xF0 && c <= 0xF4 ? 4
+                                                   : 0;
+    bool ok = n != 0 && n <= len - i;
+    for (uint32_t k = 1; ok && k < n; k++) ok = (s[i + k] & 0xC0) == 0x80;
+    /* No overlong 3/4-byte forms, no surrogates, nothing above U+10FFFF. */
+    if (ok && n == 3) ok = !(c == 0xE0 && s[i + 1] < 0xA0) && !(c == 0xED && s[i + 1] >= 0xA0);
+    if (ok && n == 4) ok = !(c == 0xF0 && s[i + 1] < 0x90) && !(c == 0xF4 && s[i + 1] >= 0x90);
+    if (!ok) n = 1;
+    if (m->len + n > sizeof m->text - 1) return;
+    msg_mem(m, ok ? (const void *)(s + i) : "?", n);
+    i += n;
+  }
+}
+
+/* CallRawHost(fn_id, request) -> response: a raw host call by numeric id.
+ * A nonzero status fails the call (GuestError, code 1) with a message naming
+ * the id and the status, followed by the response as text if there is one
+ * (status 2: the host function's exception message). */
+static hl_value call_raw_host(const hl_value *args) {
+  const uint8_t *resp;
+  uint32_t resp_len;
+  uint32_t status = hl_call_host_raw(args[0].u32, args[1].bytes, args[1].len, &resp, &resp_len);
+  if (status == HL_RAW_OK) return hl_bytes(resp, resp_len);
+  message m = {.len = 0};
+  msg_str(&m, "raw host call ");
+  msg_int(&m, args[0].u32);
+  msg_str(&m, " failed with status ");
+  msg_int(&m, status);
+  if (resp_len > 0) {
+    msg_str(&m, ": ");
+    msg_utf8(&m, resp, resp_len);
+  }
+  hl_fail(1, m.text);
+  return hl_void();
+}
+
+static hl_value get_counter(const hl_value *args) {
+  (void)args;
+  return hl_u64(hl_guest_counter());
+}
+
 static hl_value log_message(const hl_value *args) {
   hl_log(args[1].i32, args[0].str);
   return hl_void();
@@ -157,6 +228,7 @@ static const hl_type P_BOOL[] = {HL_BOOL};
 static const hl_type P_I32_I32[] = {HL_I32, HL_I32};
 static const hl_type P_STR_I32[] = {HL_STR, HL_I32};
 static const hl_type P_I32_STR[] = {HL_I32, HL_STR};
+static const hl_type P_U32_BYTES[] = {HL_U32, HL_BYTES};
 
 void hyperlight_main(void) {
   hl_register("Echo", echo, HL_STR, 1, P_STR);
@@ -188,4 +260,6 @@ void hyperlight_main(void) {
   hl_register("Sum", sum, HL_U64, 1, P_U64);
   hl_register("Malloc", malloc_bytes, HL_U64, 1, P_U64);
   hl_register("Free", free_bytes, HL_VOID, 1, P_U64);
+  hl_register("GetCounter", get_counter, HL_U64, 0, NULL);
+  hl_register("CallRawHost", call_raw_host, HL_BYTES, 2, P_U32_BYTES);
 }

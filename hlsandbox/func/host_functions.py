@@ -73,6 +73,23 @@ class HostFunctionRegistry:
 
     def __init__(self) -> None:
         self._functions: dict[str, HostFunction] = {}
+        self._raw: dict[int, Callable[[memoryview], Any]] = {}
+
+    def register_raw(self, fn_id: int, fn: Callable[[memoryview], Any]) -> None:
+        """A raw host function: called with the request bytes (a read-only view), returns bytes."""
+        if isinstance(fn_id, bool) or not isinstance(fn_id, int) or not 0 <= fn_id <= 0xFFFFFFFF:
+            raise ValueError(f"a raw host function id is a u32, got {fn_id!r}")
+        if not callable(fn):
+            raise TypeError(f"raw host function {fn_id}: {fn!r} is not callable")
+        if fn_id in self._raw:
+            raise ValueError(f"raw host function {fn_id} is already registered")
+        self._raw[fn_id] = fn
+
+    def get_raw(self, fn_id: int) -> Optional[Callable[[memoryview], Any]]:
+        return self._raw.get(fn_id)
+
+    def raw_ids(self) -> list[int]:
+        return sorted(self._raw)
 
     def register(self, name: str, fn: Callable[..., Any], params: Optional[Iterable[Any]] = None,
                  returns: Any = None) -> Signature:

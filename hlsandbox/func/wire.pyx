@@ -20,6 +20,8 @@ cdef enum:
     KIND_LOG = 4
     KIND_PRINT = 5
     KIND_FUNCTION_TABLE = 6
+    KIND_RAW_CALL = 7
+    KIND_RAW_RESULT = 8
 
 cdef enum:
     T_VOID = 0
@@ -34,7 +36,8 @@ cdef enum:
     T_BYTES = 9
 
 RECORD_KINDS = {"call": KIND_CALL, "return": KIND_RETURN, "error": KIND_ERROR, "log": KIND_LOG,
-                "print": KIND_PRINT, "function_table": KIND_FUNCTION_TABLE}
+                "print": KIND_PRINT, "function_table": KIND_FUNCTION_TABLE, "raw_call": KIND_RAW_CALL,
+                "raw_result": KIND_RAW_RESULT}
 _KIND_NAMES = {v: k for k, v in RECORD_KINDS.items()}
 _TYPE_NAMES = ("void", "i32", "u32", "i64", "u64", "f32", "f64", "bool", "str", "bytes")
 ERROR_TYPES = {2: GuestFunctionNotFound, 3: GuestFunctionParameterTypeMismatch,
@@ -377,6 +380,30 @@ cdef class RecordStack:
             tags.append(tag)
         r.done()
         return name, tuple(args), tuple(tags)
+
+    def top_kind(self):
+        """The kind of the top record (checked like a pop), without popping it."""
+        cdef uint64_t top = self.checked_top()
+        cdef Reader r = self.pop(-1, "record")
+        cdef uint8_t kind = r.p[-4]
+        (<uint64_t *>self.base)[0] = top  # put it back
+        return kind
+
+    def pop_raw_call(self):
+        """Pops a RAW_CALL record: (fn_id, offset of the request in the buffer, its length).
+        The request is read in place: the length is the record's, checked by the pop."""
+        cdef Reader r = self.pop(KIND_RAW_CALL, "raw host call record")
+        cdef uint32_t fn_id = r.u32()
+        return fn_id, <size_t>(r.p - self.base) + r.pos, r.end - r.pos
+
+    def push_raw_result(self, uint32_t status, data):
+        """Pushes a RAW_RESULT record; False (nothing written) if it does not fit."""
+        cdef const uint8_t[::1] view = memoryview(data).cast("B") if len(data) else b""
+        cdef Writer w = Writer.__new__(Writer)
+        w.raw(&status, 4)
+        if view.shape[0]:
+            w.raw(&view[0], view.shape[0])
+        return self.push(KIND_RAW_RESULT, w.buf) == 0
 
     def pop_log(self):
         """Pops a LOG record: (level, line, file, message)."""

@@ -79,13 +79,15 @@ cdef class VirtualMachine:
     cdef readonly bint active  # a call is running; changed only with the GIL held
     cdef readonly uint64_t generation  # counts calls, so a late kill cannot hit a later call
     cdef readonly bint closed
-    # Dirty-page tracking of one slot: the dirty ring when KVM has it, else the bitmap.
-    cdef readonly int dirty_slot  # -1: none
-    cdef uint64_t dirty_slot_pages
+    # Dirty-page tracking of the slots that log: the dirty ring when KVM has it, else bitmaps.
+    cdef int nslots
+    cdef uint64_t slot_pages[8]
+    cdef uint64_t slot_host_page[8]  # host-memory page index of each slot's first page
+    cdef bint slot_logged[8]
     cdef kvm_dirty_gfn *ring
     cdef uint32_t ring_entries, ring_fetch
-    cdef uint64_t *bitmap
-    cdef uint64_t *dirty  # page indices within the dirty slot, collected since the last take
+    cdef uint64_t *bitmap  # fallback: one bitmap, reused for each logged slot
+    cdef uint64_t *dirty  # host-memory page indices written, collected since the last take
     cdef size_t n_dirty, cap_dirty
     cdef readonly bint uses_dirty_ring
     cdef readonly bint sync_regs

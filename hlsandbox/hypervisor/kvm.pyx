@@ -120,6 +120,19 @@ cdef inline void _user_segment(kvm_segment *s, uint16_t selector, bint code):
     s.db = 0 if code else 1
 
 
+cdef inline void _flat32_segment(kvm_segment *s, uint16_t selector, bint code):
+    memset(s, 0, sizeof(kvm_segment))
+    s.base = 0
+    s.limit = 0xffffffff
+    s.selector = selector
+    s.type = 11 if code else 3
+    s.present = 1
+    s.dpl = 0
+    s.s = 1
+    s.g = 1
+    s.db = 1
+
+
 cdef class VirtualMachine:
     """One VM with one vCPU and guest memory in slot 0 at guest physical address 0.
 
@@ -131,28 +144,33 @@ cdef class VirtualMachine:
         self.vm_fd = -1
         self.vcpu_fd = -1
         self.run_ptr = NULL
-        self.dirty_slot = -1
 
     def __init__(self, memory, size_t host_address, slots):
         """memory: an object exporting the guest memory buffer (kept alive), mapped at
-        host_address. slots: (guest_physical_address, size, log_dirty) tuples, contiguous
-        in host memory from host_address; at most one may log dirty pages."""
+        host_address. slots: (guest_physical_address, size, log_dirty, host_offset) tuples,
+        at most 8."""
         cdef int kfd = kvm_fd()
         cdef kvm_userspace_memory_region region
         cdef int i, rc
-        cdef uint64_t gpa, size, offset = 0
+        cdef uint64_t gpa, size, host_offset, max_pages = 0
         self.memory = memory
+        if len(slots) > 8:
+            raise ValueError("at most 8 memory slots")
         self.vm_fd = ioctl(kfd, KVM_CREATE_VM, 0)
         if self.vm_fd < 0:
             raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
         try:
             self.sync_regs = ioctl(kfd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) > 0
-            logged = [i for i, sl in enumerate(slots) if sl[2]]
-            if len(logged) > 1:
-                raise ValueError("at most one slot may log dirty pages")
-            if logged:
-                self.dirty_slot = logged[0]
-                self.dirty_slot_pages = slots[logged[0]][1] // 4096
+            self.nslots = len(slots)
+            for i, (gpa, size, log, host_offset) in enumerate(slots):
+                if gpa % 4096 or size % 4096 or host_offset % 4096 or size == 0:
+                    raise ValueError(f"slot {i} is not page aligned or empty")
+                self.slot_pages[i] = size // 4096
+                self.slot_host_page[i] = host_offset // 4096
+                self.slot_logged[i] = bool(log)
+                if log:
+                    max_pages = max(max_pages, size // 4096)
+            if max_pages:
                 max_ring = ioctl(self.vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING)
                 if max_ring >= DIRTY_RING_ENTRIES * 16 and os.environ.get("HLSANDBOX_DIRTY_BITMAP") != "1":
                     rc = hl_enable_dirty_ring(self.vm_fd, DIRTY_RING_ENTRIES * 16)  # before any vCPU
@@ -160,17 +178,16 @@ cdef class VirtualMachine:
                         raise OSError(-rc, f"enabling the KVM dirty ring: {os.strerror(-rc)}")
                     self.uses_dirty_ring = True
                 else:
-                    self.bitmap = <uint64_t *>calloc((self.dirty_slot_pages + 63) // 64 + 1, 8)
+                    self.bitmap = <uint64_t *>calloc((max_pages + 63) // 64 + 1, 8)
                     if self.bitmap == NULL:
                         raise MemoryError()
-            for i, (gpa, size, log) in enumerate(slots):
+            for i, (gpa, size, log, host_offset) in enumerate(slots):
                 memset(&region, 0, sizeof(region))
                 region.slot = i
                 region.flags = KVM_MEM_LOG_DIRTY_PAGES if log else 0
                 region.guest_phys_addr = gpa
                 region.memory_size = size
-                region.userspace_addr = host_address + offset
-                offset += size
+                region.userspace_addr = host_address + host_offset
                 if ioctl(self.vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0:
                     raise OSError(errno, f"KVM_SET_USER_MEMORY_REGION (slot {i}, {size} bytes at {gpa:#x}): "
                                          f"{os.strerror(errno)}")
@@ -256,6 +273,36 @@ cdef class VirtualMachine:
         s.tr.limit = tss_limit
         s.tr.selector = 0x28
         s.tr.type = 11  # busy 64-bit TSS
+        s.tr.present = 1
+        s.gdt.base = gdt
+        s.gdt.limit = gdt_limit
+        s.idt.base = idt
+        s.idt.limit = idt_limit
+        if ioctl(self.vcpu_fd, KVM_SET_SREGS, &s) < 0:
+            raise OSError(errno, f"KVM_SET_SREGS: {os.strerror(errno)}")
+
+    def setup_protected_mode(self, uint64_t gdt, uint16_t gdt_limit, uint64_t idt, uint16_t idt_limit,
+                             uint64_t tss) -> None:
+        """32-bit protected mode without paging at CPL0, flat segments (the i686 profile)."""
+        self._check()
+        cdef kvm_sregs s
+        if ioctl(self.vcpu_fd, KVM_GET_SREGS, &s) < 0:
+            raise OSError(errno, "KVM_GET_SREGS")
+        s.cr0 = 0x11  # PE, ET
+        s.cr3 = 0
+        s.cr4 = 0
+        s.efer = 0
+        _flat32_segment(&s.cs, 0x08, True)
+        _flat32_segment(&s.ss, 0x10, False)
+        s.ds = s.ss
+        s.es = s.ss
+        s.fs = s.ss
+        s.gs = s.ss
+        memset(&s.tr, 0, sizeof(kvm_segment))
+        s.tr.base = tss
+        s.tr.limit = 0x67
+        s.tr.selector = 0x18
+        s.tr.type = 11  # busy 32-bit TSS
         s.tr.present = 1
         s.gdt.base = gdt
         s.gdt.limit = gdt_limit
@@ -397,39 +444,46 @@ cdef class VirtualMachine:
         return 0
 
     cdef int harvest_c(self) except -1:
-        """Moves the pages KVM logged as written into `dirty` and re-arms logging.
-        With the dirty ring this costs O(pages written), whatever the slot's size."""
+        """Moves the pages KVM logged as written into `dirty` (as host-memory page indices)
+        and re-arms logging. With the dirty ring this costs O(pages written), whatever the
+        slots' sizes."""
         cdef kvm_dirty_gfn *e
         cdef uint64_t w, bits, i, words
-        cdef int n = 0
-        if self.dirty_slot < 0:
-            return 0
+        cdef uint32_t slot
+        cdef int n = 0, s
         if self.uses_dirty_ring:
             while True:
                 e = &self.ring[self.ring_fetch % self.ring_entries]
                 if not hl_gfn_dirty(e):
                     break
-                if (e.slot & 0xffff) == <uint32_t>self.dirty_slot and e.offset < self.dirty_slot_pages:
-                    self._add_dirty(e.offset)
+                slot = e.slot & 0xffff
+                if slot < <uint32_t>self.nslots and self.slot_logged[slot] and e.offset < self.slot_pages[slot]:
+                    self._add_dirty(self.slot_host_page[slot] + e.offset)
                 hl_gfn_collected(e)
                 self.ring_fetch += 1
                 n += 1
             if n and ioctl(self.vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0:
                 raise OSError(errno, f"KVM_RESET_DIRTY_RINGS: {os.strerror(errno)}")
             return 0
-        if hl_get_dirty_log(self.vm_fd, self.dirty_slot, self.bitmap) < 0:
-            raise OSError(errno, f"KVM_GET_DIRTY_LOG: {os.strerror(errno)}")
-        words = (self.dirty_slot_pages + 63) // 64
-        for w in range(words):
-            bits = self.bitmap[w]
-            while bits:
-                i = __builtin_ctzll(bits)
-                self._add_dirty(w * 64 + i)
-                bits &= bits - 1
+        if self.bitmap == NULL:
+            return 0
+        for s in range(self.nslots):
+            if not self.slot_logged[s]:
+                continue
+            if hl_get_dirty_log(self.vm_fd, s, self.bitmap) < 0:
+                raise OSError(errno, f"KVM_GET_DIRTY_LOG: {os.strerror(errno)}")
+            words = (self.slot_pages[s] + 63) // 64
+            for w in range(words):
+                bits = self.bitmap[w]
+                while bits:
+                    i = __builtin_ctzll(bits)
+                    if w * 64 + i < self.slot_pages[s]:
+                        self._add_dirty(self.slot_host_page[s] + w * 64 + i)
+                    bits &= bits - 1
         return 0
 
     def take_dirty_pages(self):
-        """Page indices (within the logged slot) written since the last call; may repeat."""
+        """Host-memory page indices written since the last call (logged slots); may repeat."""
         self._check()
         self.harvest_c()
         out = [self.dirty[i] for i in range(self.n_dirty)]

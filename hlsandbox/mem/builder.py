@@ -7,21 +7,23 @@ import numpy as np
 
 from ..errors import InvalidGuestBinary
 from .elf import EXCEPTION_STUBS_SYMBOL, ElfImage
-from .layout import SandboxMemoryLayout
+from .layout import I686_STUBS_OFFSET, I686_TSS_OFFSET, SandboxMemoryLayout
 from .paging import RegionMap, build_page_tables
 from .shared_memory import SharedMemory
-from .system_tables import IDT_VECTORS, STUB_STRIDE, write_system_tables
+from .system_tables import IDT_VECTORS, STUB_STRIDE, write_i686_system_page, write_system_tables
 from .trampoline import trampoline_code
 
 PEB_MAGIC = 0x0142455050424C48  # b"HLBPPEB\x01" little-endian
-ABI_VERSION = 1
+ABI_VERSION = 2
+PROFILE_IDS = {"amd64": 0, "i686": 1}
 
 
 def write_peb(mem: memoryview, layout: SandboxMemoryLayout) -> None:
     L = layout
-    struct.pack_into("<13Q", mem, L.peb_gpa, PEB_MAGIC, ABI_VERSION, L.input_gpa, L.input_size,
+    struct.pack_into("<17Q", mem, L.peb_gpa, PEB_MAGIC, ABI_VERSION, L.input_gpa, L.input_size,
                      L.output_gpa, L.output_size, L.heap_gpa, L.heap_size, L.stack_top, L.stack_size,
-                     L.code_gpa, L.image_size, L.total_size)
+                     L.code_gpa, L.image_size, L.total_size, L.scratch_gpa, L.scratch_size, L.counter_gpa,
+                     PROFILE_IDS[L.profile])
 
 
 def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str) -> int:
@@ -38,21 +40,31 @@ def build_guest_memory(image: ElfImage, layout: SandboxMemoryLayout, name: str,
                        clear_avx: bool = False) -> SharedMemory:
     """Allocates guest memory and writes everything the guest needs before its first
     instruction. `clear_avx`: see mem/trampoline.py (True on kvm-pvm)."""
-    stubs = exception_stubs_gpa(image, layout, name)
-    shm = SharedMemory(layout.total_size)
+    L = layout
+    stubs = exception_stubs_gpa(image, L, name) if L.profile == "amd64" else 0
+    shm = SharedMemory(L.total_size)
     try:
         with memoryview(shm) as mem:
-            image.load_into(mem, layout.code_gpa, layout.code_gpa)
-            write_peb(mem, layout)
-            write_system_tables(mem, layout, stubs)
-            code = trampoline_code(clear_avx)
-            mem[layout.trampoline_gpa:layout.trampoline_gpa + len(code)] = code
-            regions = RegionMap((r.gpa, r.end, r.flags) for r in layout.regions(image))
-            build_page_tables(np.frombuffer(mem, dtype=np.uint64), layout.pt_gpa, layout.total_size, regions)
+            image.load_into(mem, L.code_gpa, L.code_gpa)  # the snapshot region: host offset = GPA
+            write_peb(mem, L)
+            if L.profile == "i686":
+                write_i686_system_page(mem, L, I686_STUBS_OFFSET, I686_TSS_OFFSET)
+            else:
+                write_system_tables(mem, L, stubs)
+                code = trampoline_code(clear_avx)
+                mem[L.trampoline_gpa:L.trampoline_gpa + len(code)] = code
+                regions = RegionMap((r.gpa, r.end, r.flags) for r in L.regions(image))
+                build_page_tables(np.frombuffer(mem, dtype=np.uint64), L.pt_gpa, L.pt_size, regions,
+                                  L.mapped_ranges())
         # Pages every call touches: fault them in now (a guest first touch costs ~5 µs a page).
-        shm.prefault(layout.system_gpa, layout.heap_gpa - layout.system_gpa)
-        shm.prefault(layout.stack_top - min(layout.stack_size, 64 << 10), min(layout.stack_size, 64 << 10))
+        shm.prefault(L.system_gpa, L.snapshot_size - L.system_gpa)
+        shm.prefault(L.host(L.input_gpa), L.input_size + L.output_size)
+        top = min(L.stack_size, 64 << 10)
+        shm.prefault(L.host(L.stack_top - top), top + PAGE_SIZE)
     except BaseException:
         shm.close()
         raise
     return shm
+
+
+PAGE_SIZE = 4096

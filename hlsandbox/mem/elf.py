@@ -1,11 +1,13 @@
 """Guest binaries: reading a static-PIE x86-64 ELF with pyelftools into a loadable image."""
 from __future__ import annotations
 
+import functools
 import io
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -19,6 +21,8 @@ R_X86_64_NONE = 0
 R_X86_64_RELATIVE = 8
 EXCEPTION_STUBS_SYMBOL = "hl_exception_stubs"
 MAX_IMAGE_SIZE = 1 << 30
+I686_MIN_ADDRESS = 0x10000  # below: the i686 profile's null page, system page and PEB
+I686_MAX_ADDRESS = 0xFEE00000  # the APIC page
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class ElfImage:
     align: int
     size: int
     symbols: dict[str, int] = field(default_factory=dict)
+    profile: str = "amd64"
+    link_base: Optional[int] = None  # i686: the fixed address segment offsets are relative to
 
     def load_into(self, mem: memoryview, base: int, mem_offset: int) -> None:
         """Copies the segments to mem[mem_offset:], then applies relocations for `base`."""
@@ -89,15 +95,34 @@ class GuestBinary:
 
 
 def parse_elf(data: bytes, name: str = "<bytes>") -> ElfImage:
-    """Validates and parses a guest ELF; every problem raises InvalidGuestBinary saying why."""
+    """Validates and parses a guest ELF; every problem raises InvalidGuestBinary saying why.
+    Parses of the same bytes are cached: sandboxes of one guest share the result."""
+    image = _parse_cached(data)
+    if isinstance(image, str):  # a cached failure: the message without the name
+        raise InvalidGuestBinary(f"{name}: {image}")
+    return image
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_cached(data: bytes) -> "ElfImage | str":
+    try:
+        return _parse_uncached(data, "\0")
+    except InvalidGuestBinary as e:
+        return str(e).removeprefix("\0: ")
+
+
+def _parse_uncached(data: bytes, name: str) -> ElfImage:
     if len(data) < 64:
         raise InvalidGuestBinary(f"{name}: {len(data)} bytes is too short for an ELF header")
     if data[:4] != b"\x7fELF":
         raise InvalidGuestBinary(f"{name}: not an ELF file (bad magic {data[:4]!r})")
-    if data[4] != 2:
-        raise InvalidGuestBinary(f"{name}: not a 64-bit ELF (EI_CLASS={data[4]}); the amd64 profile needs x86-64")
+    if data[4] not in (1, 2):
+        raise InvalidGuestBinary(f"{name}: unknown ELF class {data[4]} (EI_CLASS); expected 64-bit (amd64) "
+                                 "or 32-bit (i686)")
     if data[5] != 1:
         raise InvalidGuestBinary(f"{name}: not a little-endian ELF")
+    if len(data) < (64 if data[4] == 2 else 52):
+        raise InvalidGuestBinary(f"{name}: {len(data)} bytes is too short for an ELF header")
     try:
         return _parse(ELFFile(io.BytesIO(data)), len(data), name)
     except InvalidGuestBinary:
@@ -108,10 +133,52 @@ def parse_elf(data: bytes, name: str = "<bytes>") -> ElfImage:
 
 
 def _parse(elf: ELFFile, file_size: int, name: str) -> ElfImage:
+    if elf.elfclass == 32:
+        return _parse_i686(elf, file_size, name)
     if elf["e_machine"] != "EM_X86_64":
         raise InvalidGuestBinary(f"{name}: machine is {elf['e_machine']}, not x86-64")
     if elf["e_type"] != "ET_DYN":
         raise InvalidGuestBinary(f"{name}: type {elf['e_type']}, expected a static PIE (ET_DYN)")
+    segments, align = _segments(elf, file_size, name)
+    size = max(s.vaddr + s.memsz for s in segments)
+    if size > MAX_IMAGE_SIZE:
+        raise InvalidGuestBinary(f"{name}: the image is beyond the 1 GiB limit")
+    entry = _checked_entry(elf["e_entry"], segments, name)
+    relocations = _relocations(elf, size, name)
+    symbols = _symbols(elf)
+    return ElfImage(entry, segments, relocations, align, size, symbols)
+
+
+def _parse_i686(elf: ELFFile, file_size: int, name: str) -> ElfImage:
+    """A 32-bit guest for the i686 (non-paging) profile: loaded at its link addresses."""
+    if elf["e_machine"] != "EM_386":
+        raise InvalidGuestBinary(f"{name}: 32-bit ELF for machine {elf['e_machine']}, not i386")
+    if elf["e_type"] != "ET_EXEC":
+        raise InvalidGuestBinary(f"{name}: type {elf['e_type']}; i686 guests are linked at fixed addresses "
+                                 "(ET_EXEC)")
+    segments, align = _segments(elf, file_size, name)
+    low = segments[0].vaddr // 4096 * 4096
+    high = max(s.vaddr + s.memsz for s in segments)
+    if low < I686_MIN_ADDRESS or high > I686_MAX_ADDRESS:
+        raise InvalidGuestBinary(f"{name}: segments span [{low:#x}, {high:#x}); i686 guests must lie within "
+                                 f"[{I686_MIN_ADDRESS:#x}, {I686_MAX_ADDRESS:#x})")
+    if high - low > MAX_IMAGE_SIZE:
+        raise InvalidGuestBinary(f"{name}: the image is beyond the 1 GiB limit")
+    rel = [Segment(s.vaddr - low, s.memsz, s.data, s.flags) for s in segments]
+    entry = _checked_entry(elf["e_entry"] - low, rel, name)
+    if any(sec["sh_type"] in ("SHT_REL", "SHT_RELA") and sec["sh_flags"] & 0x2 and sec.data_size
+           for sec in elf.iter_sections()):
+        raise InvalidGuestBinary(f"{name}: i686 guests must not need relocations")
+    return ElfImage(entry, rel, [], align, high - low, {}, profile="i686", link_base=low)
+
+
+def _checked_entry(entry: int, segments: list[Segment], name: str) -> int:
+    if not any(s.vaddr <= entry < s.vaddr + s.memsz and s.flags & PF_X for s in segments):
+        raise InvalidGuestBinary(f"{name}: entry point {entry:#x} is not in an executable segment")
+    return entry
+
+
+def _segments(elf: ELFFile, file_size: int, name: str) -> tuple[list[Segment], int]:
     segments: list[Segment] = []
     align = 4096
     for ph in elf.iter_segments():
@@ -124,7 +191,7 @@ def _parse(elf: ELFFile, file_size: int, name: str) -> ElfImage:
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} has p_filesz > p_memsz")
         if off + filesz > file_size:
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} extends past the end of the file (truncated?)")
-        if vaddr + memsz > MAX_IMAGE_SIZE:
+        if vaddr + memsz > (MAX_IMAGE_SIZE if elf.elfclass == 64 else 1 << 32):
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} is beyond the 1 GiB image limit")
         data = ph.data() if filesz else b""
         if len(data) != filesz:
@@ -140,13 +207,7 @@ def _parse(elf: ELFFile, file_size: int, name: str) -> ElfImage:
     for a, b in zip(segments, segments[1:]):
         if a.vaddr + a.memsz > b.vaddr:
             raise InvalidGuestBinary(f"{name}: segments at {a.vaddr:#x} and {b.vaddr:#x} overlap")
-    size = max(s.vaddr + s.memsz for s in segments)
-    entry = elf["e_entry"]
-    if not any(s.vaddr <= entry < s.vaddr + s.memsz and s.flags & PF_X for s in segments):
-        raise InvalidGuestBinary(f"{name}: entry point {entry:#x} is not in an executable segment")
-    relocations = _relocations(elf, size, name)
-    symbols = _symbols(elf)
-    return ElfImage(entry, segments, relocations, align, size, symbols)
+    return segments, align
 
 
 def _relocations(elf: ELFFile, size: int, name: str) -> list[tuple[int, int]]:
@@ -173,8 +234,17 @@ def _relocations(elf: ELFFile, size: int, name: str) -> list[tuple[int, int]]:
 
 
 def _symbols(elf: ELFFile) -> dict[str, int]:
+    """The symbols the host needs, read straight from .symtab (pyelftools' per-symbol
+    parsing costs milliseconds for a small guest)."""
     sec = elf.get_section_by_name(".symtab")
-    if not isinstance(sec, SymbolTableSection):
+    if not isinstance(sec, SymbolTableSection) or sec["sh_entsize"] != 24:
         return {}
-    wanted = {EXCEPTION_STUBS_SYMBOL}
-    return {s.name: s["st_value"] for s in sec.iter_symbols() if s.name in wanted}
+    strtab = elf.get_section(sec["sh_link"]).data()
+    wanted = {EXCEPTION_STUBS_SYMBOL.encode()}
+    out = {}
+    for name_off, _info, _other, _shndx, value, _size in struct.iter_unpack("<IBBHQQ", sec.data()):
+        end = strtab.find(b"\0", name_off)
+        name = strtab[name_off:end if end >= 0 else len(strtab)]
+        if name in wanted:
+            out[name.decode()] = value
+    return out

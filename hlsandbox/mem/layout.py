@@ -1,9 +1,11 @@
-"""The guest memory layout of the amd64 profile (docs/abi.md, "Memory layout")."""
+"""The guest memory layout of both profiles (docs/abi.md, "Memory layout")."""
 from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import Optional
 
+from ..errors import InvalidConfiguration
 from .elf import PF_W, PF_X, ElfImage
 
 PAGE = 4096
@@ -29,8 +31,18 @@ PEB_SIZE = PAGE
 # TRAMPOLINE_TARGET, the FXSAVE image to load at TRAMPOLINE_FXSAVE (see mem/trampoline.py).
 TRAMPOLINE_TARGET = 0x100
 TRAMPOLINE_FXSAVE = 0x200
-LOGGED_SLOT = 1  # the KVM memory slot that logs dirty pages (see SandboxMemoryLayout.slots)
 STACK_COPY = 16 << 10
+HOST_PAGE = PAGE  # the top page of scratch: host-written (the GuestCounter)
+GUEST_COUNTER_OFFSET = 0x1000  # the GuestCounter's distance below the top of scratch
+
+PROFILES = ("amd64", "i686")
+APIC_PAGE = 0xFEE00000
+# The highest guest physical address each profile's scratch region may reach.
+ADDRESS_LIMIT = {"amd64": 1 << 36, "i686": 1 << 32}
+# i686: fixed places below the image (which starts at or above 0x10000).
+I686_SYSTEM_GPA = 0x1000
+I686_GDT_OFFSET, I686_IDT_OFFSET, I686_STUBS_OFFSET, I686_TSS_OFFSET = 0x000, 0x100, 0x200, 0x400
+I686_PEB_GPA = 0x2000
 
 
 def align_up(n: int, a: int) -> int:
@@ -53,32 +65,64 @@ class Region:
 
 def page_table_pages(total: int) -> int:
     """Pages needed for 4-level tables mapping [0, total) with 4 KiB pages."""
-    pts = -(-total // (PAGE * 512))
-    pds = -(-pts // 512)
-    pdpts = -(-pds // 512)
-    return 1 + pdpts + pds + pts
+    return page_table_pages_for([(0, total)])
+
+
+def _index_count(ranges: list[tuple[int, int]], shift: int) -> int:
+    """How many distinct values addr >> shift takes over the ranges."""
+    spans = sorted((a >> shift, (b - 1) >> shift) for a, b in ranges if b > a)
+    count, last = 0, -1
+    for lo, hi in spans:
+        lo = max(lo, last + 1)
+        if hi >= lo:
+            count += hi - lo + 1
+            last = hi
+    return count
+
+
+def page_table_pages_for(ranges: list[tuple[int, int]]) -> int:
+    """Pages needed for 4-level tables mapping the [start, end) ranges with 4 KiB pages."""
+    return 1 + _index_count(ranges, 39) + _index_count(ranges, 30) + _index_count(ranges, 21)
 
 
 class SandboxMemoryLayout:
-    """Where every region lives; all addresses are GPAs (= guest virtual addresses)."""
+    """Where every region lives. Attributes ending in _gpa are guest physical (= virtual)
+    addresses; host(gpa) turns one into an offset in the host mapping, which holds the
+    snapshot region (at GPA 0) followed by the scratch region (at scratch_gpa)."""
 
     def __init__(self, image: ElfImage, heap_size: int, stack_size: int, input_size: int,
-                 output_size: int) -> None:
+                 output_size: int, scratch_base: Optional[int] = None, profile: Optional[str] = None) -> None:
+        self.profile = profile or getattr(image, "profile", "amd64")
+        if self.profile not in PROFILES:
+            raise InvalidConfiguration(f"profile={self.profile!r}: use one of {', '.join(PROFILES)}")
+        image_profile = getattr(image, "profile", self.profile)
+        if image_profile != self.profile:
+            raise InvalidConfiguration(f"profile={self.profile!r} but the guest binary is an {image_profile} ELF")
         self.heap_size, self.stack_size = heap_size, stack_size
         self.input_size, self.output_size = input_size, output_size
         self.image_size = align_up(image.size, PAGE)
         self.image_align = image.align
-        self.pt_gpa = PAGE
-        pt_pages = 1
-        while True:  # the page tables' size depends on the total, which includes them
-            self._place(image, pt_pages)
-            need = page_table_pages(self.total_size)
-            if need <= pt_pages:
-                break
-            pt_pages = need
-        self.pt_size = pt_pages * PAGE
+        self._place_scratch_parts()
+        if self.profile == "i686":
+            self._place_i686(image)
+            self.pt_gpa = self.pt_size = 0
+            self._place_scratch(scratch_base)
+        else:
+            self.pt_gpa = PAGE
+            pt_pages = 1
+            while True:  # the tables' size depends on where everything is, which depends on it
+                self._place_amd64(image, pt_pages)
+                self._place_scratch(scratch_base)
+                need = page_table_pages_for([(self.system_gpa, self.snapshot_size),
+                                             (self.scratch_gpa, self.scratch_gpa + self.scratch_size)])
+                if need <= pt_pages:
+                    break
+                pt_pages = need
+            self.pt_size = pt_pages * PAGE
 
-    def _place(self, image: ElfImage, pt_pages: int) -> None:
+    # -- placement -------------------------------------------------------------------------
+
+    def _place_amd64(self, image: ElfImage, pt_pages: int) -> None:
         at = self.pt_gpa + pt_pages * PAGE
         self.system_gpa = at
         at += SYSTEM_SIZE
@@ -87,31 +131,67 @@ class SandboxMemoryLayout:
         self.trampoline_gpa = at
         at += PAGE
         self.code_gpa = align_up(at, image.align)
-        at = self.code_gpa + self.image_size
-        self.input_gpa = at
-        at += self.input_size
-        self.output_gpa = at
-        at += self.output_size
-        self.heap_gpa = at
-        at += self.heap_size
-        self.guard_gpa = at
-        at += PAGE
-        self.stack_gpa = at
-        at += self.stack_size
-        self.stack_top = at
-        self.total_size = at
+        self.snapshot_size = self.code_gpa + self.image_size
+
+    def _place_i686(self, image: ElfImage) -> None:
+        self.system_gpa = I686_SYSTEM_GPA
+        self.peb_gpa = I686_PEB_GPA
+        self.trampoline_gpa = 0
+        self.code_gpa = image.link_base if getattr(image, "link_base", None) is not None else 0x100000
+        self.snapshot_size = self.code_gpa + self.image_size
+
+    def _place_scratch_parts(self) -> None:
+        """Offsets inside the scratch region: buffers, heap, guard, stack, host page."""
+        self._offsets = {}
+        at = 0
+        for name, size in (("input", self.input_size), ("output", self.output_size), ("heap", self.heap_size),
+                           ("guard", PAGE), ("stack", self.stack_size), ("host_page", HOST_PAGE)):
+            self._offsets[name] = at
+            at += size
+        self.scratch_size = at
+
+    def _place_scratch(self, base: Optional[int]) -> None:
+        limit = ADDRESS_LIMIT[self.profile]
+        if base is None:
+            base = (APIC_PAGE if self.profile == "i686" else limit) - self.scratch_size
+        check_scratch_base(base, self.scratch_size, self.snapshot_size, self.profile)
+        self.scratch_gpa = base
+        o = self._offsets
+        self.input_gpa = base + o["input"]
+        self.output_gpa = base + o["output"]
+        self.heap_gpa = base + o["heap"]
+        self.guard_gpa = base + o["guard"]
+        self.stack_gpa = base + o["stack"]
+        self.stack_top = self.stack_gpa + self.stack_size
+        self.host_page_gpa = base + o["host_page"]
+        self.counter_gpa = base + self.scratch_size - GUEST_COUNTER_OFFSET
+        self.total_size = self.snapshot_size + self.scratch_size  # bytes of host memory
+
+    def host(self, gpa: int) -> int:
+        """The offset in host memory of guest physical address gpa."""
+        if 0 <= gpa < self.snapshot_size:
+            return gpa
+        if self.scratch_gpa <= gpa < self.scratch_gpa + self.scratch_size:
+            return self.snapshot_size + gpa - self.scratch_gpa
+        raise ValueError(f"guest physical address {gpa:#x} is not guest memory")
+
+    @property
+    def memory_size(self) -> int:
+        return self.total_size
+
+    # -- system tables ------------------------------------------------------------------------
 
     @property
     def gdt_gpa(self) -> int:
-        return self.system_gpa + GDT_OFFSET
+        return self.system_gpa + (I686_GDT_OFFSET if self.profile == "i686" else GDT_OFFSET)
 
     @property
     def idt_gpa(self) -> int:
-        return self.system_gpa + IDT_OFFSET
+        return self.system_gpa + (I686_IDT_OFFSET if self.profile == "i686" else IDT_OFFSET)
 
     @property
     def tss_gpa(self) -> int:
-        return self.system_gpa + TSS_OFFSET
+        return self.system_gpa + (I686_TSS_OFFSET if self.profile == "i686" else TSS_OFFSET)
 
     @property
     def rsp0(self) -> int:
@@ -121,8 +201,13 @@ class SandboxMemoryLayout:
     def ist1(self) -> int:
         return self.system_gpa + SYSTEM_SIZE
 
+    # -- page tables (amd64) ------------------------------------------------------------------
+
     def regions(self, image: ElfImage) -> list[Region]:
-        """Every region with its page-table flags, in address order, gaps not present."""
+        """Every region with its amd64 page-table flags, in address order."""
+        if self.profile == "i686":
+            return [Region("null", 0, PAGE, NOT_PRESENT), Region("system", self.system_gpa, PAGE, USER_RW),
+                    Region("peb", self.peb_gpa, PAGE, USER_RW)] + self._code_regions(image) + self._scratch_regions()
         out = [
             Region("null", 0, PAGE, NOT_PRESENT),
             Region("page_tables", self.pt_gpa, self.pt_size, NOT_PRESENT),
@@ -130,16 +215,21 @@ class SandboxMemoryLayout:
             Region("peb", self.peb_gpa, PEB_SIZE, USER_RO),
             Region("trampoline", self.trampoline_gpa, PAGE, USER_RX),
         ]
-        out += self._code_regions(image)
-        out += [
+        return out + self._code_regions(image) + self._scratch_regions()
+
+    def _scratch_regions(self) -> list[Region]:
+        return [
             Region("input", self.input_gpa, self.input_size, USER_RW),
             Region("output", self.output_gpa, self.output_size, USER_RW),
             Region("heap", self.heap_gpa, self.heap_size, USER_RW),
             Region("guard", self.guard_gpa, PAGE, NOT_PRESENT),
             Region("stack", self.stack_gpa, self.stack_size, USER_RW),
+            Region("host_page", self.host_page_gpa, HOST_PAGE, USER_RO),
         ]
-        return out
 
+    def mapped_ranges(self) -> list[tuple[int, int]]:
+        """The GPA ranges page tables cover: the snapshot region and the scratch region."""
+        return [(0, self.snapshot_size), (self.scratch_gpa, self.scratch_gpa + self.scratch_size)]
     def _code_regions(self, image: ElfImage) -> list[Region]:
         """One region per run of code pages with the same flags; a page shared by
         two segments gets the union of their permissions."""
@@ -162,9 +252,9 @@ class SandboxMemoryLayout:
                 out[-1] = Region(last.name, last.gpa, last.size + PAGE, flags)
             else:
                 out.append(Region("code", gpa, PAGE, flags))
-        if self.code_gpa > self.trampoline_gpa + PAGE:  # alignment padding before the image
-            pad = self.trampoline_gpa + PAGE
-            out.insert(0, Region("padding", pad, self.code_gpa - pad, NOT_PRESENT))
+        before = self.trampoline_gpa + PAGE if self.profile == "amd64" else self.peb_gpa + PAGE
+        if self.code_gpa > before:  # alignment padding (amd64) or free low memory (i686) before the image
+            out.insert(0, Region("padding", before, self.code_gpa - before, NOT_PRESENT))
         return out
 
     @property
@@ -172,25 +262,32 @@ class SandboxMemoryLayout:
         """The top of the stack that restores copy whole: every call writes it."""
         return min(self.stack_size, STACK_COPY)
 
-    def slots(self) -> list[tuple[int, int, bool]]:
-        """KVM memory slots (gpa, size, log_dirty). The heap, the guard page and the deep
-        stack log the pages the guest writes, so restoring them costs what was written.
-        What every call writes (I/O buffers, the top of the stack) is cheaper copied
-        whole than logged (a logged write costs a write-protection fault), so it lives
-        in slots without logging; see copied_ranges()."""
+    def slots(self) -> list[tuple[int, int, bool, int]]:
+        """KVM memory slots (gpa, size, log_dirty, host_offset). The heap, the guard page
+        and the deep stack log the pages the guest writes, so restoring them costs what was
+        written. What every call writes (I/O buffers, the top of the stack) is cheaper copied
+        whole than logged (a logged write costs a write-protection fault), so it lives in
+        slots without logging; see copied_ranges(). The amd64 snapshot region is read-only
+        to the guest but for its globals (copied); the i686 one is writable, so it logs."""
         split = self.stack_top - self.stack_copy_size
-        return [(0, self.heap_gpa, False), (self.heap_gpa, split - self.heap_gpa, True),
-                (split, self.stack_copy_size, False)]
+        return [(0, self.snapshot_size, self.profile == "i686", 0),
+                (self.input_gpa, self.heap_gpa - self.input_gpa, False, self.host(self.input_gpa)),
+                (self.heap_gpa, split - self.heap_gpa, True, self.host(self.heap_gpa)),
+                (split, self.scratch_gpa + self.scratch_size - split, False, self.host(split))]
 
     def copied_ranges(self) -> list[tuple[int, int]]:
-        """(gpa, size) of the unlogged memory a guest can write, other than its globals:
-        restores copy these whole."""
-        return [(self.input_gpa, self.output_gpa + self.output_size - self.input_gpa),
-                (self.stack_top - self.stack_copy_size, self.stack_copy_size)]
+        """(host offset, size) of the unlogged memory a guest can write, other than its
+        globals: restores copy these whole (I/O buffers; the stack top and the host page)."""
+        split = self.stack_top - self.stack_copy_size
+        return [(self.host(self.input_gpa), self.heap_gpa - self.input_gpa),
+                (self.host(split), self.scratch_gpa + self.scratch_size - split)]
 
     def writable_image_ranges(self, image: ElfImage) -> list[tuple[int, int]]:
-        """(gpa, size) of the image's writable pages: the guest's globals."""
+        """(host offset, size) of the image's writable pages: the guest's globals (amd64;
+        the i686 snapshot region logs dirty pages instead)."""
         out: list[tuple[int, int]] = []
+        if self.profile == "i686":
+            return out
         for seg in image.segments:
             if seg.flags & PF_W:
                 start = self.code_gpa + seg.vaddr // PAGE * PAGE
@@ -201,9 +298,10 @@ class SandboxMemoryLayout:
                 out.append((start, end - start))
         return out
 
-    _KEYS = ("image_size", "image_align", "pt_gpa", "pt_size", "system_gpa", "peb_gpa", "trampoline_gpa", "code_gpa", "input_gpa",
-             "input_size", "output_gpa", "output_size", "heap_gpa", "heap_size", "guard_gpa", "stack_gpa",
-             "stack_size", "stack_top", "total_size")
+    _KEYS = ("profile", "image_size", "image_align", "pt_gpa", "pt_size", "system_gpa", "peb_gpa", "trampoline_gpa",
+             "code_gpa", "snapshot_size", "scratch_gpa", "scratch_size", "input_gpa", "input_size", "output_gpa",
+             "output_size", "heap_gpa", "heap_size", "guard_gpa", "stack_gpa", "stack_size", "stack_top",
+             "counter_gpa", "total_size")
 
     def describe(self) -> dict[str, int]:
         """The layout as plain numbers (for snapshots, debugging and tests)."""
@@ -214,17 +312,45 @@ class SandboxMemoryLayout:
         """Rebuilds a layout from describe(); raises ValueError if d is not one."""
         if not isinstance(d, dict) or set(d) != set(cls._KEYS):
             raise ValueError("layout fields missing or unknown")
-        if not all(type(v) is int and 0 <= v < 1 << 48 for v in d.values()):
+        profile = d["profile"]
+        if profile not in PROFILES:
+            raise ValueError(f"layout profile {profile!r} is unknown")
+        numbers = {k: v for k, v in d.items() if k != "profile"}
+        if not all(type(v) is int and 0 <= v < 1 << 48 for v in numbers.values()):
             raise ValueError("layout fields must be non-negative integers below 2**48")
         align = d["image_align"]
         if align < PAGE or align > 1 << 21 or align & (align - 1):
             raise ValueError(f"image alignment {align:#x} is invalid")
+        image = types.SimpleNamespace(size=d["image_size"], align=align, profile=profile,
+                                      link_base=d["code_gpa"] if profile == "i686" else None)
         try:
-            layout = cls(types.SimpleNamespace(size=d["image_size"], align=align), d["heap_size"], d["stack_size"],
-                         d["input_size"], d["output_size"])
+            layout = cls(image, d["heap_size"], d["stack_size"], d["input_size"], d["output_size"],
+                         scratch_base=d["scratch_gpa"], profile=profile)
         except Exception as e:  # sizes that no configuration produces
             raise ValueError(f"layout sizes are invalid: {e}") from None
         if layout.describe() != d:
             bad = sorted(k for k in cls._KEYS if layout.describe()[k] != d[k])
             raise ValueError(f"layout is inconsistent: {', '.join(bad)}")
         return layout
+
+
+def check_scratch_base(base: int, size: int, snapshot_size: int, profile: str) -> None:
+    """Raises InvalidConfiguration (a ValueError) saying why a scratch region at `base`
+    cannot be: not page aligned, beyond what the profile addresses, over the snapshot
+    region, or over the APIC page."""
+    if type(base) is not int or base < 0:
+        raise InvalidConfiguration(f"scratch_base_gpa={base!r}: use a non-negative integer address")
+    where = f"scratch_base_gpa={base:#x}"
+    if base % PAGE:
+        raise InvalidConfiguration(f"{where} is not page aligned (a multiple of {PAGE:#x})")
+    end = base + size
+    limit = ADDRESS_LIMIT[profile]
+    if end > limit:
+        raise InvalidConfiguration(f"{where}: the scratch region [{base:#x}, {end:#x}) ends beyond the "
+                                   f"{profile} profile's reach ({limit:#x})")
+    if base < snapshot_size:
+        raise InvalidConfiguration(f"{where}: the scratch region [{base:#x}, {end:#x}) overlaps the snapshot "
+                                   f"region [0x0, {snapshot_size:#x})")
+    if base < APIC_PAGE + PAGE and end > APIC_PAGE:
+        raise InvalidConfiguration(f"{where}: the scratch region [{base:#x}, {end:#x}) overlaps the APIC page at "
+                                   f"{APIC_PAGE:#x}")

@@ -60,34 +60,40 @@ cdef class RegionMap:
         return 0 if i < 0 else self.flags[i]
 
 
-def build_page_tables(uint64_t[::1] mem, uint64_t pt_gpa, uint64_t total, RegionMap regions):
-    """Writes PML4, PDPTs, PDs and PTs identity-mapping [0, total) with 4 KiB pages at
-    pt_gpa inside `mem` (guest memory viewed as u64). Returns the bytes used."""
-    cdef uint64_t npages = (total + PAGE - 1) // PAGE
-    cdef uint64_t npt = (npages + ENTRIES - 1) // ENTRIES
-    cdef uint64_t npd = (npt + ENTRIES - 1) // ENTRIES
-    cdef uint64_t npdpt = (npd + ENTRIES - 1) // ENTRIES
-    if npdpt > ENTRIES:
-        raise ValueError("guest memory larger than 256 TiB")
-    cdef uint64_t pml4 = pt_gpa
-    cdef uint64_t pdpt = pml4 + PAGE
-    cdef uint64_t pd = pdpt + npdpt * PAGE
-    cdef uint64_t pt = pd + npd * PAGE
-    cdef uint64_t end = pt + npt * PAGE
-    if end > <uint64_t>mem.shape[0] * 8 or pt_gpa % PAGE:
+def build_page_tables(uint64_t[::1] mem, uint64_t pt_gpa, uint64_t pt_size, RegionMap regions, ranges):
+    """Writes 4-level tables identity-mapping every present page of `regions` inside the
+    [start, end) `ranges`, with 4 KiB pages, into [pt_gpa, pt_gpa + pt_size) of `mem`
+    (memory viewed as u64, indexed by guest physical address: the tables live in the
+    snapshot region, where host offsets equal GPAs). Tables are allocated as needed;
+    returns the bytes used."""
+    if pt_gpa % PAGE or pt_size % PAGE or pt_size < PAGE or pt_gpa + pt_size > <uint64_t>mem.shape[0] * 8:
         raise ValueError("page tables do not fit guest memory")
-    cdef uint64_t i, f
-    with nogil:
-        for i in range(pml4 // 8, end // 8):
-            mem[i] = 0
-        for i in range(npdpt):
-            mem[pml4 // 8 + i] = (pdpt + i * PAGE) | TABLE_FLAGS
-        for i in range(npd):
-            mem[pdpt // 8 + i] = (pd + i * PAGE) | TABLE_FLAGS
-        for i in range(npt):
-            mem[pd // 8 + i] = (pt + i * PAGE) | TABLE_FLAGS
-        for i in range(npages):
-            f = regions.flags_at(i * PAGE)
+    cdef uint64_t pml4 = pt_gpa, next_table = pt_gpa + PAGE, end = pt_gpa + pt_size
+    cdef uint64_t addr, stop, f, table, idx, shift, entry
+    cdef uint64_t i
+    cdef int level
+    for i in range(pt_gpa // 8, end // 8):
+        mem[i] = 0
+    for start_, stop_ in ranges:
+        addr = start_
+        stop = stop_
+        if addr % PAGE or stop % PAGE or stop > (<uint64_t>1 << 48):
+            raise ValueError("ranges must be page aligned and below 2**48")
+        while addr < stop:
+            f = regions.flags_at(addr)
             if f & 1:
-                mem[pt // 8 + i] = (i * PAGE) | f
-    return end - pt_gpa
+                table = pml4
+                for level in range(3):  # PML4 -> PDPT -> PD -> PT
+                    shift = 39 - 9 * level
+                    idx = table // 8 + ((addr >> shift) & 511)
+                    entry = mem[idx]
+                    if entry == 0:
+                        if next_table >= end:
+                            raise ValueError("page tables need more pages than the layout reserved")
+                        entry = next_table | TABLE_FLAGS
+                        mem[idx] = entry
+                        next_table += PAGE
+                    table = entry & 0x000FFFFFFFFFF000
+                mem[table // 8 + ((addr >> 12) & 511)] = addr | f
+            addr += PAGE
+    return next_table - pt_gpa

@@ -23,7 +23,7 @@ from .shared_memory import SharedMemory
 
 MAGIC = b"HLSNAP\x00\x00"
 FORMAT_VERSION = 1
-PROFILE = "amd64"
+PROFILES = ("amd64", "i686")
 ARCH = "x86_64"
 HEADER = struct.Struct("<8sIIQIIII")  # magic, version, header size, memory size, memory crc, meta crc, meta size, state size
 MAX_HEADER = 16 << 20
@@ -102,7 +102,8 @@ class Snapshot:
 
     def __init__(self, *, fd: int, offset: int, layout: SandboxMemoryLayout, vcpu_state: bytes,
                  host_functions: list[Signature], guest_functions: list[Signature],
-                 copy_ranges: list[tuple[int, int]], path: Optional[str] = None) -> None:
+                 copy_ranges: list[tuple[int, int]], raw_host_functions: Iterable[int] = (),
+                 path: Optional[str] = None) -> None:
         self._fd = fd
         self.offset = offset
         self.layout = layout
@@ -110,8 +111,9 @@ class Snapshot:
         self.host_functions = list(host_functions)
         self.guest_functions = list(guest_functions)
         self.copy_ranges = list(copy_ranges)
+        self.raw_host_functions = sorted(raw_host_functions)
         self.path = path
-        self.profile = PROFILE
+        self.profile = layout.profile
         self.arch = ARCH
         self.image = SharedMemory.from_fd(fd, layout.total_size, offset, writable=False, shared=False)
 
@@ -120,7 +122,7 @@ class Snapshot:
     @classmethod
     def capture(cls, memory: SharedMemory, layout: SandboxMemoryLayout, vcpu_state: bytes,
                 host_functions: list[Signature], guest_functions: list[Signature],
-                copy_ranges: list[tuple[int, int]]) -> "Snapshot":
+                copy_ranges: list[tuple[int, int]], raw_host_functions: Iterable[int] = ()) -> "Snapshot":
         """Copies the pages of `memory` that may hold data into a new memfd."""
         size = layout.total_size
         fd = os.memfd_create("hlsandbox-snapshot", os.MFD_CLOEXEC)
@@ -130,7 +132,8 @@ class Snapshot:
                 for a, b in page_runs(memory.resident_pages()):
                     _pwrite_all(fd, mv[a * PAGE:b * PAGE], a * PAGE)
             return cls(fd=fd, offset=0, layout=layout, vcpu_state=vcpu_state, host_functions=host_functions,
-                       guest_functions=guest_functions, copy_ranges=copy_ranges)
+                       guest_functions=guest_functions, copy_ranges=copy_ranges,
+                       raw_host_functions=raw_host_functions)
         except BaseException:
             os.close(fd)
             raise
@@ -149,7 +152,8 @@ class Snapshot:
         meta = {"profile": self.profile, "arch": self.arch, "layout": self.layout.describe(),
                 "host_functions": _sig_list(self.host_functions),
                 "guest_functions": _sig_list(self.guest_functions),
-                "copy_ranges": [list(r) for r in self.copy_ranges]}
+                "copy_ranges": [list(r) for r in self.copy_ranges],
+                "raw_host_functions": self.raw_host_functions}
         return json.dumps(meta, sort_keys=True).encode()
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -222,14 +226,17 @@ class Snapshot:
             raise InvalidSnapshot(f"{path}: metadata is not an object")
         if meta.get("arch") != ARCH:
             raise SnapshotMismatch(f"{path}: snapshot of architecture {meta.get('arch')!r}, this host runs {ARCH}")
-        if meta.get("profile") != PROFILE:
-            raise SnapshotMismatch(f"{path}: snapshot of guest profile {meta.get('profile')!r}, expected {PROFILE}")
+        if meta.get("profile") not in PROFILES:
+            raise SnapshotMismatch(f"{path}: snapshot of guest profile {meta.get('profile')!r}, this hlsandbox "
+                                   f"runs {', '.join(PROFILES)}")
         if state_size != STATE_SIZE:
             raise SnapshotMismatch(f"{path}: vCPU state is {state_size} bytes, this host's is {STATE_SIZE}")
         try:
             layout = SandboxMemoryLayout.from_dict(meta.get("layout"))
         except ValueError as e:
             raise InvalidSnapshot(f"{path}: {e}") from None
+        if layout.profile != meta["profile"]:
+            raise InvalidSnapshot(f"{path}: profile {meta['profile']!r} does not match the layout's")
         if layout.total_size != size:
             raise InvalidSnapshot(f"{path}: memory size {size} does not match the layout's {layout.total_size}")
         state = blob[meta_size:]
@@ -240,10 +247,13 @@ class Snapshot:
                 and r[0] % PAGE == 0 and r[1] % PAGE == 0 and layout.code_gpa <= r[0]
                 and r[0] + r[1] <= layout.code_gpa + layout.image_size for r in ranges):
             raise InvalidSnapshot(f"{path}: copy ranges are invalid")
+        raw = meta.get("raw_host_functions", [])
+        if not isinstance(raw, list) or not all(type(i) is int and 0 <= i <= 0xFFFFFFFF for i in raw):
+            raise InvalidSnapshot(f"{path}: raw host function ids are invalid")
         snap = cls(fd=fd, offset=header_size, layout=layout, vcpu_state=state,
                    host_functions=_parse_sigs(meta.get("host_functions"), f"{path}: host functions"),
                    guest_functions=_parse_sigs(meta.get("guest_functions"), f"{path}: guest functions"),
-                   copy_ranges=[tuple(r) for r in ranges], path=path)
+                   copy_ranges=[tuple(r) for r in ranges], raw_host_functions=raw, path=path)
         with memoryview(snap.image) as image:
             ok = memory_checksum(image, data_extents(fd, size, header_size)) == crc
         if not ok:
@@ -281,20 +291,24 @@ def vcpu_rip_rsp(state: bytes) -> tuple[int, int]:
 
 
 def check_vcpu_state(state: bytes, layout: SandboxMemoryLayout, path: str) -> None:
-    """The state must be a CPL3 guest in this layout's code with its stack and page tables."""
+    """The state must be the profile's mode, in this layout's code, with its stack (and,
+    amd64, its page tables)."""
     rip, rsp = vcpu_rip_rsp(state)
     cs_selector, = struct.unpack_from("<H", state, REGS.size + 12)
     cs_dpl = state[REGS.size + 16]
-    cr3, = struct.unpack_from("<Q", state, REGS.size + 8 * 24 + 2 * 16 + 16)
+    cr0, _cr2, cr3 = struct.unpack_from("<3Q", state, REGS.size + 8 * 24 + 2 * 16)
     problems = []
     if not layout.code_gpa <= rip < layout.code_gpa + layout.image_size:
         problems.append(f"rip {rip:#x} is outside the guest code")
     if not layout.stack_gpa < rsp <= layout.stack_top:
         problems.append(f"rsp {rsp:#x} is outside the stack")
-    if cs_selector != 0x23 or cs_dpl != 3:
-        problems.append(f"CS {cs_selector:#x} (DPL {cs_dpl}) is not the CPL3 code segment")
-    if cr3 != layout.pt_gpa:
-        problems.append(f"CR3 {cr3:#x} is not the page tables at {layout.pt_gpa:#x}")
+    if layout.profile == "amd64":
+        if cs_selector != 0x23 or cs_dpl != 3:
+            problems.append(f"CS {cs_selector:#x} (DPL {cs_dpl}) is not the CPL3 code segment")
+        if cr3 != layout.pt_gpa:
+            problems.append(f"CR3 {cr3:#x} is not the page tables at {layout.pt_gpa:#x}")
+    elif cr0 & 0x80000001 != 1:
+        problems.append(f"CR0 {cr0:#x} is not protected mode without paging")
     if problems:
         raise InvalidSnapshot(f"{path}: vCPU state is invalid: {'; '.join(problems)}")
 

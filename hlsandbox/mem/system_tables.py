@@ -62,3 +62,39 @@ def write_system_tables(mem: memoryview, layout: SandboxMemoryLayout, stubs_gpa:
     struct.pack_into("<Q", mem, tss + 0x24, layout.ist1)
     struct.pack_into("<H", mem, tss + 0x66, 0x68)
     mem[tss + 0x68:tss + TSS_SIZE] = io_bitmap(GUEST_PORTS)
+
+
+# -- i686 (32-bit protected mode, no paging) --------------------------------------------------
+
+GDT_I686 = (
+    0,
+    0x00CF9A000000FFFF,  # 0x08 code, 32-bit, flat 4 GiB
+    0x00CF92000000FFFF,  # 0x10 data, flat 4 GiB
+    0x00008B000000FFFF,  # 0x18 TSS placeholder (base patched below): KVM wants a usable TR
+)
+GDT_I686_LIMIT = len(GDT_I686) * 8 - 1
+IDT_I686_LIMIT = IDT_VECTORS * 8 - 1
+ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21, 29, 30})
+
+
+def i686_stub(vector: int) -> bytes:
+    """push 0 (if the CPU pushes no error code); push vector; mov al, vector; out 110, al;
+    hlt; jmp back to hlt. 16 bytes at most; emulator-safe instructions only."""
+    code = b"" if vector in ERROR_CODE_VECTORS else b"\x6a\x00"
+    code += bytes([0x6A, vector, 0xB0, vector, 0xE6, PORT_FAULT, 0xF4, 0xEB, 0xFD])
+    assert len(code) <= STUB_STRIDE
+    return code.ljust(STUB_STRIDE, b"\xf4")
+
+
+def write_i686_system_page(mem: memoryview, layout: SandboxMemoryLayout, stubs_offset: int,
+                           tss_offset: int) -> None:
+    """GDT, IDT (32-bit interrupt gates to the host's stubs) and a TSS in the i686 system page."""
+    tss = layout.system_gpa + tss_offset
+    gdt = list(GDT_I686)
+    gdt[3] |= (tss & 0xFFFFFF) << 16 | ((tss >> 24) & 0xFF) << 56
+    struct.pack_into(f"<{len(gdt)}Q", mem, layout.gdt_gpa, *gdt)
+    for v in range(IDT_VECTORS):
+        handler = layout.system_gpa + stubs_offset + v * STUB_STRIDE
+        struct.pack_into("<HHBBH", mem, layout.idt_gpa + v * 8, handler & 0xFFFF, 0x08, 0, 0x8E, handler >> 16)
+        at = layout.system_gpa + stubs_offset + v * STUB_STRIDE
+        mem[at:at + STUB_STRIDE] = i686_stub(v)

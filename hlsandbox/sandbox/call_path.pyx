@@ -64,11 +64,11 @@ cdef class CallPath:
             raise
 
 
-cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa,
+cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src,
                       const uint64_t[:, ::1] ranges) except? 0:
-    """Copies back, from the snapshot image `src`, every page of the dirty-logged slot (at
-    slot_gpa) the guest wrote since the last harvest, then each (gpa, size) range. Costs
-    what was written, not the slot's size. Returns the pages copied."""
+    """Copies back, from the snapshot image `src`, every page of the dirty-logged slots the
+    guest wrote since the last harvest, then each (host offset, size) range. Costs what was
+    written, not the slots' sizes. Returns the pages copied."""
     cdef size_t i, n, off
     cdef uint64_t gpa, size
     if dst.size != src.size or dst.base == NULL or src.base == NULL:
@@ -80,8 +80,9 @@ cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src, uin
     vm.harvest_c()
     n = vm.n_dirty
     for i in range(n):
-        off = slot_gpa + vm.dirty[i] * 4096  # harvest_c only keeps pages inside the slot
-        memcpy(dst.base + off, src.base + off, 4096)
+        off = vm.dirty[i] * 4096  # a host-memory page of a logged slot
+        if off + 4096 <= dst.size:
+            memcpy(dst.base + off, src.base + off, 4096)
     vm.n_dirty = 0
     for i in range(<size_t>ranges.shape[0]):
         memcpy(dst.base + ranges[i, 0], src.base + ranges[i, 0], ranges[i, 1])
@@ -89,14 +90,12 @@ cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src, uin
     return n
 
 
-def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa,
-                  const uint64_t[:, ::1] ranges):
-    """copy_back() for Python (tests and the slow path)."""
-    return copy_back(vm, dst, src, slot_gpa, ranges)
+def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, const uint64_t[:, ::1] ranges):
+    """copy_back() for Python: the restore of a profile without the trampoline (i686)."""
+    return copy_back(vm, dst, src, ranges)
 
 
-def fast_restore(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t slot_gpa,
-                 const uint64_t[:, ::1] ranges, const uint8_t[::1] state, uint64_t trampoline,
+def fast_restore(VirtualMachine vm, SharedMemory dst, SharedMemory src, const uint64_t[:, ::1] ranges, const uint8_t[::1] state, uint64_t trampoline,
                  uint64_t target_offset, uint64_t fxsave_offset):
     """The restore of the snapshot a sandbox took or restored last, with the vCPU claimed:
     copies back what the guest can have written, stages the registers in kvm_run and
@@ -106,7 +105,7 @@ def fast_restore(VirtualMachine vm, SharedMemory dst, SharedMemory src, uint64_t
         raise ValueError("vCPU state has the wrong size")
     if target_offset + 8 > 4096 or fxsave_offset + 512 > 4096 or fxsave_offset % 16 or trampoline + 4096 > dst.size:
         raise ValueError("restore trampoline is outside guest memory")
-    cdef size_t n = copy_back(vm, dst, src, slot_gpa, ranges)
+    cdef size_t n = copy_back(vm, dst, src, ranges)
     cdef const hl_vcpu_state *st = <const hl_vcpu_state *>&state[0]
     cdef uint64_t rip = hl_state_rip(st)
     memcpy(dst.base + trampoline + target_offset, &rip, 8)

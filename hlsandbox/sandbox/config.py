@@ -5,7 +5,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field, fields
-from typing import Union
+from typing import Optional, Union
 
 from ..errors import InvalidConfiguration
 
@@ -59,6 +59,8 @@ class SandboxConfiguration:
     whole pages. `guest_log_level` is the least severe guest log level forwarded
     ("trace" ... "critical", "none", or 0..6); None follows the `hlsandbox.guest`
     logger's effective level. `max_execution_time` (seconds, or None) limits each call.
+    `scratch_base_gpa` places the scratch region (buffers, heap, stack; docs/abi.md);
+    None is the profile's default. `profile` ("amd64" or "i686") defaults to the ELF's class.
     `restore_after_call` restores the sandbox to its post-initialisation state after
     every call (the default of call(..., restore=)).
     `guest_core_dump` writes an ELF core file of the guest into `core_dump_dir` (default
@@ -75,6 +77,8 @@ class SandboxConfiguration:
     guest_core_dump: bool = False
     core_dump_dir: Union[str, "os.PathLike[str]"] = field(default_factory=tempfile.gettempdir)
     restore_after_call: bool = False
+    scratch_base_gpa: Optional[int] = None
+    profile: Optional[str] = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -87,6 +91,15 @@ class SandboxConfiguration:
             self.guest_log_level = LOG_LEVELS[lvl.lower()]
         elif lvl is not None and (isinstance(lvl, bool) or not isinstance(lvl, int) or not 0 <= lvl <= 6):
             raise InvalidConfiguration(f"guest_log_level={lvl!r}: use 0..6 or a level name")
+        if self.profile is not None and self.profile not in ("amd64", "i686"):
+            raise InvalidConfiguration(f"profile={self.profile!r}: use 'amd64', 'i686' or None (from the ELF)")
+        b = self.scratch_base_gpa
+        if b is not None:
+            if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+                raise InvalidConfiguration(f"scratch_base_gpa={b!r}: use a non-negative integer address or None")
+            if b % PAGE_SIZE:
+                raise InvalidConfiguration(f"scratch_base_gpa={b:#x} is not page aligned (a multiple of "
+                                           f"{PAGE_SIZE:#x})")
         if not isinstance(self.restore_after_call, bool):
             raise InvalidConfiguration(f"restore_after_call={self.restore_after_call!r}: use True or False")
         t = self.max_execution_time

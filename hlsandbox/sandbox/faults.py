@@ -27,8 +27,11 @@ def _access(error_code: int) -> str:
     return "write" if error_code & 0x2 else "read"
 
 
-def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int) -> HyperlightError:
-    """Reads the frame the SDK's fault stub left on the CPL0 stack (docs/abi.md, Faults)."""
+def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int,
+                     vm: "kvm.VirtualMachine | None" = None) -> HyperlightError:
+    """Reads the frame the fault stub left on the stack (docs/abi.md, Faults)."""
+    if layout.profile == "i686":
+        return _i686_fault(mem, layout, vector_out, vm)
     top = layout.ist1 if vector_out == DOUBLE_FAULT else layout.rsp0
     cr2, _rax, vector, error, rip, cs, _rflags, rsp, _ss = FRAME.unpack(mem.read(top - FRAME.size, FRAME.size))
     if vector != vector_out or vector > 31:
@@ -47,6 +50,27 @@ def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out:
         return MemoryAccessViolation(f"guest memory access violation: {access} of {cr2:#x} ({kind}) {where}",
                                      cr2, access, vector, error, rip)
     return GuestFault(f"guest fault {name} (error code {error:#x}) {where}", vector, error, rip)
+
+
+FRAME_I686 = struct.Struct("<5I")  # vector, error, eip, cs, eflags (ascending addresses from esp)
+
+
+def _i686_fault(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int,
+                vm: "kvm.VirtualMachine | None") -> HyperlightError:
+    """The i686 stub pushed error code and vector on the guest's own stack (same CPL)."""
+    if vm is None:
+        return GuestFault(f"guest fault, vector {vector_out}", vector_out)
+    esp = vm.get_regs()["rsp"] & 0xFFFFFFFF
+    try:
+        vector, error, eip, cs, _eflags = FRAME_I686.unpack(mem.read(layout.host(esp), FRAME_I686.size))
+    except (ValueError, IndexError):
+        return GuestFault(f"guest fault, vector {vector_out}, with the stack pointer {esp:#x} outside guest "
+                          "memory", vector_out)
+    if vector != vector_out:
+        return GuestFault(f"guest fault report is inconsistent (port said vector {vector_out}, stack says "
+                          f"{vector})", vector_out)
+    name = VECTOR_NAMES.get(vector, f"vector {vector}")
+    return GuestFault(f"guest fault {name} (error code {error:#x}) at eip={eip:#x}", vector, error, eip)
 
 
 def fault_from_exit(code: int, vm: "kvm.VirtualMachine") -> HyperlightError:

@@ -21,16 +21,18 @@ from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory
 from ..mem.snapshot import Snapshot, data_extents, page_runs
-from ..mem.system_tables import (GDT_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
+from ..mem.system_tables import (GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
 from .config import SandboxConfiguration
+from .guest_counter import GuestCounter
 from .call_path import CallPath
-from .call_path import fast_restore
+from .call_path import fast_restore, restore_pages
 from .faults import fault_from_exit, fault_from_frame
 from .interrupt import InterruptHandle
 from .watchdog import WATCHDOG
 
 GUEST_LOGGER = logging.getLogger("hlsandbox.guest")
+RAW_CALL_KIND = 7  # docs/abi.md
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 # Guest log levels 0..5 (docs/abi.md) as Python logging levels.
@@ -67,7 +69,7 @@ class MultiUseSandbox:
 
     @classmethod
     def _new(cls, config: SandboxConfiguration, host_functions: HostFunctionRegistry, writer: Any,
-             layout: SandboxMemoryLayout) -> "MultiUseSandbox":
+             layout: SandboxMemoryLayout, counter: Optional[GuestCounter]) -> "MultiUseSandbox":
         self = object.__new__(cls)
         self._closed = True  # until fully built, so close() and __del__ are safe
         self._vm = None
@@ -76,6 +78,7 @@ class MultiUseSandbox:
         self.config = config
         self._host_functions = host_functions
         self._writer = writer
+        self._counter = counter
         self._timed_out_generation = -1
         self._last_host_exception: Optional[BaseException] = None
         self._max_time = config.max_execution_time
@@ -92,11 +95,13 @@ class MultiUseSandbox:
         L = self.layout
         self._memory = memory
         base = memory.address
-        self._input = RecordStack(memory, base + L.input_gpa, L.input_size, "input")
-        self._output = RecordStack(memory, base + L.output_gpa, L.output_size, "output")
+        self._input = RecordStack(memory, base + L.host(L.input_gpa), L.input_size, "input")
+        self._output = RecordStack(memory, base + L.host(L.output_gpa), L.output_size, "output")
         self._vm = kvm.VirtualMachine(memory, base, L.slots())
         self._path = CallPath(self._vm, self._input, self._output, self._serve)
         self._closed = False
+        if self._counter is not None:
+            self._counter._bind(memory, L.host(L.counter_gpa))
 
     def _set_copy_ranges(self, image_ranges: list[tuple[int, int]]) -> None:
         self._copy_ranges = list(image_ranges)
@@ -109,21 +114,28 @@ class MultiUseSandbox:
 
     @classmethod
     def _create(cls, binary: GuestBinary, config: SandboxConfiguration, host_functions: HostFunctionRegistry,
-                writer: Any) -> "MultiUseSandbox":
+                writer: Any, counter: Optional[GuestCounter] = None,
+                layout: Optional[SandboxMemoryLayout] = None) -> "MultiUseSandbox":
         """Loads the ELF into fresh memory and runs the guest's initialisation."""
         image = binary.image
-        L = SandboxMemoryLayout(image, config.heap_size, config.stack_size, config.input_data_size,
-                                config.output_data_size)
-        self = cls._new(config, host_functions, writer, L)
+        L = layout or layout_for(image, config)
+        self = cls._new(config, host_functions, writer, L, counter)
         self._set_copy_ranges(L.writable_image_ranges(image))
         try:
             self._attach(build_guest_memory(image, L, binary.name, clear_avx=kvm.is_kvm_pvm()))
-            self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa, TSS_SIZE - 1)
             level = config.guest_log_level
             if level is None:
                 level = guest_level_for(GUEST_LOGGER)
-            self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa,
-                              rsi=int.from_bytes(os.urandom(8), "little"), rdx=4096, rcx=level, rflags=2)
+            seed = int.from_bytes(os.urandom(8), "little")
+            if L.profile == "i686":
+                self._vm.setup_protected_mode(L.gdt_gpa, GDT_I686_LIMIT, L.idt_gpa, IDT_I686_LIMIT, L.tss_gpa)
+                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rax=L.peb_gpa,
+                                  rbx=seed & 0xFFFFFFFF, rcx=4096, rdx=level, rflags=2)
+            else:
+                self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa,
+                                         TSS_SIZE - 1)
+                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa, rsi=seed,
+                                  rdx=4096, rcx=level, rflags=2)
             self._input.clear()
             self._output.clear()
             self._run_init(config.max_execution_time)
@@ -156,18 +168,24 @@ class MultiUseSandbox:
 
     @classmethod
     def _restored(cls, snap: Snapshot, config: Optional[SandboxConfiguration],
-                  host_functions: HostFunctionRegistry, writer: Any) -> "MultiUseSandbox":
+                  host_functions: HostFunctionRegistry, writer: Any,
+                  counter: Optional[GuestCounter] = None) -> "MultiUseSandbox":
         L = snap.layout
         if config is None:
             config = SandboxConfiguration(heap_size=L.heap_size, stack_size=L.stack_size,
-                                          input_data_size=L.input_size, output_data_size=L.output_size)
+                                          input_data_size=L.input_size, output_data_size=L.output_size,
+                                          scratch_base_gpa=L.scratch_gpa, profile=L.profile)
         sizes = {"heap_size": L.heap_size, "stack_size": L.stack_size, "input_data_size": L.input_size,
                  "output_data_size": L.output_size}
+        if config.scratch_base_gpa is not None:
+            sizes["scratch_base_gpa"] = L.scratch_gpa
+        if config.profile is not None:
+            sizes["profile"] = L.profile
         wrong = [f"{k}={getattr(config, k)} (snapshot: {v})" for k, v in sizes.items() if getattr(config, k) != v]
         if wrong:
             raise SnapshotMismatch(f"configuration does not match the snapshot's layout: {', '.join(wrong)}")
         _check_host_functions(snap, host_functions)
-        self = cls._new(config, host_functions, writer, L)
+        self = cls._new(config, host_functions, writer, L, counter)
         self._set_copy_ranges(snap.copy_ranges)
         try:
             self._attach(snap.map_private())
@@ -274,10 +292,13 @@ class MultiUseSandbox:
             code, message = self._output.pop_error()
             return GuestAborted(code, message)
         if rc == PORT_FAULT:
-            return fault_from_frame(self._memory, self.layout, self._vm.io_byte())
+            return fault_from_frame(self._memory, self.layout, self._vm.io_byte(), self._vm)
         return fault_from_exit(rc, self._vm)
 
     def _host_call(self) -> None:
+        if self._output.top_kind() == RAW_CALL_KIND:
+            self._raw_host_call()
+            return
         name, args, tags = self._output.pop_call()
         hf = self._host_functions.get(name)
         if hf is None:
@@ -300,6 +321,37 @@ class MultiUseSandbox:
             return
         if not fits:
             self._input.push_error(4, f"host function {name} result does not fit the input buffer")
+
+    def _raw_host_call(self) -> None:
+        """A RAW_CALL: the request is passed as a read-only view of guest memory (valid during
+        the call); the status tells the guest what happened (docs/abi.md, Raw host calls)."""
+        fn_id, offset, length = self._output.pop_raw_call()
+        fn = self._host_functions.get_raw(fn_id)
+        if fn is None:
+            self._push_raw(1, f"no raw host function {fn_id}".encode())
+            return
+        start = self.layout.host(self.layout.output_gpa) + offset
+        view = memoryview(self._memory)[start:start + length].toreadonly()
+        try:
+            result = fn(view)
+            data = bytes(result) if isinstance(result, (bytes, bytearray, memoryview)) else None
+            if data is None:
+                raise TypeError(f"raw host function {fn_id} returned {type(result).__name__}, not bytes")
+        except Exception as e:  # reaches the guest as status 2; BaseException propagates
+            self._last_host_exception = e
+            self._push_raw(2, (str(e) or type(e).__name__).encode("utf-8", "replace"))
+            return
+        finally:
+            try:
+                view.release()  # the view must not outlive the call
+            except BufferError:
+                pass
+        self._push_raw(0, data)
+
+    def _push_raw(self, status: int, data: bytes) -> None:
+        if not self._input.push_raw_result(status, data):
+            if not self._input.push_raw_result(3, b""):
+                raise GuestProtocolError("input buffer: no room for a raw host call result")
 
     def _log(self) -> None:
         level, line, source, message = self._output.pop_log()
@@ -333,7 +385,8 @@ class MultiUseSandbox:
             state = self._pending.vcpu_state if staged else vm.save_state()
             vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
             snap = Snapshot.capture(self._memory, self.layout, state, self._host_functions.signatures(),
-                                    [f.signature for f in self._functions.values()], self._copy_ranges)
+                                    [f.signature for f in self._functions.values()], self._copy_ranges,
+                                    self._host_functions.raw_ids())
             self._baseline = snap
             return snap
         finally:
@@ -363,14 +416,19 @@ class MultiUseSandbox:
         path.begin()
         try:
             L = self.layout
-            if snap is self._baseline:
-                fast_restore(vm, self._memory, snap.image, L.heap_gpa, self._restore_ranges, snap.vcpu_state,
+            if snap is self._baseline and L.profile == "amd64":
+                fast_restore(vm, self._memory, snap.image, self._restore_ranges, snap.vcpu_state,
                              L.trampoline_gpa, TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
+            elif snap is self._baseline:  # no trampoline without 64-bit code: KVM_SET_XSAVE
+                restore_pages(vm, self._memory, snap.image, self._restore_ranges)
+                vm.load_state(snap.vcpu_state, kvm.LOAD_REGS | kvm.LOAD_SREGS | kvm.LOAD_FPU)
             else:
                 vm.discard_dirty_pages()
                 _copy_all(self._memory, snap)
                 vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
                 self._baseline = snap
+            if self._counter is not None:
+                self._counter._write()  # the host's value, whatever the snapshot holds
             self._pending, self._pending_generation = snap, vm.generation
             path.poisoned = False
         finally:
@@ -382,6 +440,17 @@ class MultiUseSandbox:
     def poisoned(self) -> bool:
         """True after an abort, fault or cancellation until the sandbox is restored."""
         return self._path.poisoned
+
+    def read_memory(self, gpa: int, size: int) -> bytes:
+        """A copy of guest memory at guest physical address `gpa` (for inspection and tests);
+        the range must lie within the snapshot region or within the scratch region."""
+        if self._closed:
+            self._refuse("")
+        L = self.layout
+        start = L.host(gpa)
+        if size < 0 or (size and L.host(gpa + size - 1) != start + size - 1):
+            raise ValueError(f"[{gpa:#x}, +{size:#x}) crosses the end of a guest memory region")
+        return self._memory.read(start, size)
 
     def interrupt_handle(self) -> InterruptHandle:
         """A handle whose kill() stops the running call from any thread."""
@@ -409,6 +478,13 @@ class MultiUseSandbox:
         return f"<MultiUseSandbox {state}, {len(getattr(self, '_functions', {}))} guest functions>"
 
 
+def layout_for(image: Any, config: SandboxConfiguration) -> SandboxMemoryLayout:
+    """The layout of a guest image under a configuration (raises InvalidConfiguration)."""
+    return SandboxMemoryLayout(image, config.heap_size, config.stack_size, config.input_data_size,
+                               config.output_data_size, scratch_base=config.scratch_base_gpa,
+                               profile=config.profile)
+
+
 def _check_host_functions(snap: Snapshot, registry: HostFunctionRegistry) -> None:
     """Every host function the snapshot's guest may call must exist with the same signature."""
     problems = []
@@ -418,6 +494,9 @@ def _check_host_functions(snap: Snapshot, registry: HostFunctionRegistry) -> Non
             problems.append(f"{sig} is not registered")
         elif hf.signature != sig:
             problems.append(f"{sig.name} is registered as {hf.signature}, the snapshot has {sig}")
+    for fn_id in snap.raw_host_functions:
+        if registry.get_raw(fn_id) is None:
+            problems.append(f"raw host function {fn_id} is not registered")
     if problems:
         raise SnapshotMismatch("host functions do not match the snapshot: " + "; ".join(problems))
 

@@ -9,6 +9,7 @@ from ..func.types import Signature
 from ..mem.elf import GuestBinary
 from ..mem.snapshot import Snapshot
 from .config import SandboxConfiguration
+from .guest_counter import GuestCounter
 
 Writer = Union[TextIO, Callable[[str], Any], None]
 
@@ -38,7 +39,12 @@ class UninitializedSandbox:
         self.config = config or SandboxConfiguration()
         self.writer = writer
         self.host_functions = HostFunctionRegistry()
+        self._counter: Optional[GuestCounter] = None
         self._evolved = False
+        self._layout = None
+        if self.binary is not None:  # check the configuration against the guest now, not at evolve()
+            from .multi_use import layout_for
+            self._layout = layout_for(self.binary.image, self.config)
 
     def register(self, name: str, fn: Callable[..., Any], params: Optional[Iterable[Any]] = None,
                  returns: Any = None) -> Signature:
@@ -50,14 +56,32 @@ class UninitializedSandbox:
             raise RuntimeError("cannot register host functions after evolve()")
         return self.host_functions.register(name, fn, params, returns)
 
+    def register_raw(self, fn_id: int, fn: Callable[[memoryview], Any]) -> None:
+        """Registers a raw host function by numeric id (a u32): the guest sends a byte
+        payload, `fn` receives it as a read-only memoryview (valid only during the call)
+        and returns bytes. Unknown ids and failures reach the guest as status codes."""
+        if self._evolved:
+            raise RuntimeError("cannot register host functions after evolve()")
+        self.host_functions.register_raw(fn_id, fn)
+
+    def guest_counter(self) -> GuestCounter:
+        """The sandbox's GuestCounter (at most one: a second call raises). It may be used
+        before evolve(); its value lands in guest memory once memory is built."""
+        if self._counter is not None:
+            raise RuntimeError("this sandbox already has a GuestCounter")
+        self._counter = GuestCounter()
+        return self._counter
+
     def evolve(self) -> "MultiUseSandbox":
         """Creates the VM, runs the guest's initialisation and returns the ready sandbox."""
         if self._evolved:
             raise RuntimeError("this UninitializedSandbox was already evolved")
         from .multi_use import MultiUseSandbox
         if self.snapshot is not None:
-            sb = MultiUseSandbox._restored(self.snapshot, self._config_arg, self.host_functions, self.writer)
+            sb = MultiUseSandbox._restored(self.snapshot, self._config_arg, self.host_functions, self.writer,
+                                           self._counter)
         else:
-            sb = MultiUseSandbox._create(self.binary, self.config, self.host_functions, self.writer)
+            sb = MultiUseSandbox._create(self.binary, self.config, self.host_functions, self.writer,
+                                         self._counter, self._layout)
         self._evolved = True
         return sb

@@ -146,7 +146,8 @@ def test_attributes_and_clear(buf):
 
 
 def test_record_kinds_and_type_names():
-    assert RECORD_KINDS == {"call": 1, "return": 2, "error": 3, "log": 4, "print": 5, "function_table": 6}
+    assert RECORD_KINDS == {"call": 1, "return": 2, "error": 3, "log": 4, "print": 5, "function_table": 6,
+                            "raw_call": 7, "raw_result": 8}
     assert [type_name(t) for t in range(10)] == ["void", "i32", "u32", "i64", "u64", "f32", "f64", "bool",
                                                   "str", "bytes"]
     assert type_name(10) == "<tag 10>"

@@ -34,13 +34,13 @@ def test_restore_brings_heap_contents_back(sandbox):
     L = sandbox.layout
     p = sandbox.call("Malloc", 3 * 4096)  # Malloc fills its block with a pattern
     snap = sandbox.snapshot()
-    before = sandbox._memory.read(L.heap_gpa, L.heap_size)
+    before = sandbox.read_memory(L.heap_gpa, L.heap_size)
     sandbox.call("Free", p)
     for _ in range(20):
         sandbox.call("Malloc", 5000)
-    assert sandbox._memory.read(L.heap_gpa, L.heap_size) != before
+    assert sandbox.read_memory(L.heap_gpa, L.heap_size) != before
     sandbox.restore(snap)
-    assert sandbox._memory.read(L.heap_gpa, L.heap_size) == before
+    assert sandbox.read_memory(L.heap_gpa, L.heap_size) == before
 
 
 def test_restore_after_every_kind_of_poison(sandbox):
@@ -115,20 +115,20 @@ def test_deep_stack_is_restored(sandbox):
     snap = sandbox.snapshot()
     L = sandbox.layout
     deep = L.stack_top - L.stack_copy_size - 0x2000
-    before = sandbox._memory.read(deep, 0x1000)
+    before = sandbox.read_memory(deep, 0x1000)
     sandbox.call("StackOverflow", 60)  # ~60 KiB of stack frames
-    assert sandbox._memory.read(deep, 0x1000) != before
+    assert sandbox.read_memory(deep, 0x1000) != before
     sandbox.restore(snap)
-    assert sandbox._memory.read(deep, 0x1000) == before
+    assert sandbox.read_memory(deep, 0x1000) == before
 
 
 def test_buffers_are_restored(sandbox):
     snap = sandbox.snapshot()
     L = sandbox.layout
-    before = sandbox._memory.read(L.input_gpa, L.input_size + L.output_size)
+    before = sandbox.read_memory(L.input_gpa, L.input_size + L.output_size)
     sandbox.call("Echo", "secret" * 100)
     sandbox.restore(snap)
-    assert sandbox._memory.read(L.input_gpa, L.input_size + L.output_size) == before
+    assert sandbox.read_memory(L.input_gpa, L.input_size + L.output_size) == before
 
 
 def test_snapshot_of_poisoned_sandbox_is_refused(sandbox):
@@ -318,7 +318,8 @@ def rewrite_metadata(path, edit):
 
 @pytest.mark.parametrize("edit,exc,match", [
     (lambda m: m.update(arch="aarch64"), hl.SnapshotMismatch, "architecture 'aarch64'"),
-    (lambda m: m.update(profile="i686"), hl.SnapshotMismatch, "profile 'i686'"),
+    (lambda m: m.update(profile="sparc"), hl.SnapshotMismatch, "profile 'sparc'"),
+    (lambda m: m.update(profile="i686"), hl.InvalidSnapshot, "profile 'i686' does not match the layout"),
     (lambda m: m["layout"].update(heap_gpa=m["layout"]["heap_gpa"] + 4096), hl.InvalidSnapshot, "layout is inconsistent"),
     (lambda m: m["layout"].pop("heap_size"), hl.InvalidSnapshot, "layout fields"),
     (lambda m: m.update(host_functions=[["HostAdd", [99], 1]]), hl.InvalidSnapshot, "host functions"),

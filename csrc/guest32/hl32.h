@@ -1,0 +1,79 @@
+/* hl32.h - a minimal runtime for i686-profile guests (docs/abi.md, "i686
+ * profile (no paging)"), separate from the amd64 SDK in csrc/guest/.
+ *
+ * Such a guest runs once, during evolve(): it starts in 32-bit protected
+ * mode at CPL0 without paging, does its work (raw host calls, prints), then
+ * ends init with hl32_halt_init(). It registers no guest functions.
+ *
+ * Constraints (../shared/docs/platform.md): on kvm-pvm every 32-bit
+ * instruction is emulated, and x87, SSE and 32-bit `iret` are not: build
+ * with -mgeneral-regs-only, use integers only, and no 64-bit division (there
+ * is no 32-bit libgcc for __udivdi3 and friends). */
+#ifndef HL32_H
+#define HL32_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* The guest's own entry: called once by the runtime after it has checked
+ * the PEB and set up the buffers. Returning from it is the same as calling
+ * hl32_halt_init(). */
+void guest32_main(void);
+
+/* ---- host calls ---- */
+
+/* Raw host call statuses (docs/abi.md, "Raw host calls"); 6 is the guest's
+ * own verdict on a malformed reply, as for typed calls. */
+enum {
+  HL32_RAW_OK = 0,
+  HL32_RAW_UNKNOWN_ID = 1,
+  HL32_RAW_RAISED = 2,
+  HL32_RAW_TOO_LARGE = 3,
+  HL32_RAW_MALFORMED = 6,
+};
+
+/* Calls the raw host function fn_id with the request bytes: pushes a
+ * RAW_CALL record on the output buffer, `out 101`, pops the RAW_RESULT from
+ * the input buffer. Returns its status; *resp and *resp_len (may be NULL) get
+ * the response bytes, which point into the input buffer and stay valid until
+ * the next host call. If the request does not fit the output buffer the
+ * status is HL32_RAW_TOO_LARGE and nothing is sent; on HL32_RAW_MALFORMED
+ * (or that case) the response is a message of the runtime's. */
+uint32_t hl32_call_raw(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp, uint32_t *resp_len);
+
+/* Prints NUL-terminated text through the host's writer (PRINT record,
+ * `out 103`); returns the number of bytes sent (text that does not fit the
+ * output buffer is cut). */
+uint32_t hl32_print(const char *text);
+
+/* Ends init: pushes an empty FUNCTION_TABLE record and executes `out 108`.
+ * The host never resumes an i686 guest for calls; if it does, it halts
+ * again. */
+__attribute__((noreturn)) void hl32_halt_init(void);
+
+/* Aborts: evolve() raises GuestAborted(code, msg) (ERROR record, `out 102`). */
+__attribute__((noreturn)) void hl32_abort(uint32_t code, const char *msg);
+
+/* ---- what the host passed ---- */
+
+/* The GuestCounter (a u64 only the host writes, between runs; PEB offset
+ * 120), read afresh; 0 if the host gave no counter address. */
+uint64_t hl32_guest_counter(void);
+
+/* The PEB (u64 fields; on i686 every address is in the low 32 bits). */
+const volatile uint64_t *hl32_peb(void);
+uint32_t hl32_seed(void); /* the low 32 bits of the host's seed (ebx) */
+uint32_t hl32_page_size(void);
+uint32_t hl32_min_log_level(void);
+
+/* ---- freestanding helpers ---- */
+
+void *memcpy(void *dst, const void *src, size_t n);
+void *memset(void *dst, int c, size_t n);
+int memcmp(const void *a, const void *b, size_t n);
+size_t strlen(const char *s);
+
+/* Formats v in decimal into buf (at least 11 bytes); returns buf. */
+char *hl32_utoa(uint32_t v, char *buf);
+
+#endif
