@@ -18,6 +18,7 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 import floor  # noqa: E402
+import snapbench  # noqa: E402
 
 SUM_N = floor.SUM_N  # n for Sum / sum_c (env HLSANDBOX_BENCH_SUM_N)
 
@@ -83,7 +84,7 @@ _PAIRS = (
     ("Echo", "exit_roundtrip", 1.25),
     ("CallHostAdd", "host_call_roundtrip", None),
     (f"Sum({SUM_N})", "sum_c", None),
-)
+) + tuple((h, f, t) for _group, h, f, t, _what in snapbench.ROWS)  # test_bench_snapshots.py
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables
@@ -98,8 +99,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         "measured minutes apart on a noisy machine: indicative only; "
         "`python3 benchmarks/compare.py` interleaves them"
     )
-    tr.write_line(f"{'hlsandbox':<16}{'median':>12}  {'floor':<22}{'median':>12}{'ratio':>9}  target")
+    tr.write_line(f"{'hlsandbox':<28}{'median':>12}  {'floor':<30}{'median':>12}{'ratio':>9}  target")
     for h, f, target in rows:
         ratio = results[h] / results[f]
         tgt = f"<= {target:.2f}x ({'met' if ratio <= target else 'missed'})" if target else "-"
-        tr.write_line(f"{h:<16}{results[h]:>12.2f}  {f:<22}{results[f]:>12.2f}{ratio:>8.2f}x  {tgt}")
+        tr.write_line(f"{h:<28}{results[h]:>12.2f}  {f:<30}{results[f]:>12.2f}{ratio:>8.2f}x  {tgt}")

@@ -10,7 +10,12 @@ directory and runs it, returning the figures it prints::
     figs["exit_roundtrip"].median_us      # e.g. 31.6
     figs.info["sum_c_result"]             # what the guest's Sum(n) must return
 
-No third-party dependencies; usable from pytest and from compare.py alike.
+snapfloor.c, the floor of the snapshot operations (call + restore by dirty
+pages, snapshot capture, VM creation), is built the same way and run with
+`floor.run_snap(["call_restore:n=10:heap=16M:label=dirty10", ...])`.
+
+No third-party dependencies; usable from pytest, compare.py and
+compare_snapshots.py alike.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "floor.c"
+# The snapshot floors (call + restore, snapshot capture, VM creation): see its
+# header comment, run_snap() and ../README.md.
+SNAP_SOURCE = Path(__file__).resolve().parent / "snapfloor.c"
 CFLAGS = ("-O2", "-Wall", "-Wextra")
 FIGURES = ("exit_roundtrip", "host_call_roundtrip", "sum_c")
 
@@ -95,30 +103,32 @@ def available() -> str | None:
     return None
 
 
-def build(force: bool = False) -> Path:
-    """Compiles floor.c (if needed) and returns the executable's path.
+def build(force: bool = False, source: Path | None = None) -> Path:
+    """Compiles floor.c (or `source`, e.g. SNAP_SOURCE) if needed and returns the
+    executable's path.
 
     The binary's name carries a hash of the source, the flags and the compiler
     version, so an edit of floor.c or a new gcc rebuilds, and concurrent
     builders (pytest-xdist) each write a private temp file then rename it
     atomically into place.
     """
+    source = SOURCE if source is None else Path(source)
     cc = _compiler()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256()
-    h.update(SOURCE.read_bytes())
+    h.update(source.read_bytes())
     h.update(" ".join(CFLAGS).encode())
     h.update(version.encode())
     cache = _cache_dir()
-    exe = cache / f"floor-{h.hexdigest()[:16]}"
+    exe = cache / f"{source.stem}-{h.hexdigest()[:16]}"
     if exe.exists() and not force:
         return exe
-    fd, tmp = tempfile.mkstemp(prefix="floor-", dir=cache)
+    fd, tmp = tempfile.mkstemp(prefix=f"{source.stem}-", dir=cache)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        proc = subprocess.run([cc, *CFLAGS, "-o", tmp, str(source)], capture_output=True, text=True)
         if proc.returncode != 0:
-            raise FloorError(f"compiling {SOURCE} failed:\n{proc.stderr}")
+            raise FloorError(f"compiling {source} failed:\n{proc.stderr}")
         os.chmod(tmp, 0o755)
         os.replace(tmp, exe)
     finally:
@@ -186,3 +196,35 @@ def run(
         raise FloorError(f"floor printed no {missing}; output was:\n{proc.stdout}")
     return result
 
+
+
+def build_snap(force: bool = False) -> Path:
+    """Compiles snapfloor.c (if needed) and returns the executable's path."""
+    return build(force, SNAP_SOURCE)
+
+
+def run_snap(specs: list[str] | tuple[str, ...], iterations: int = 1000, exe: Path | None = None,
+             timeout: float = 600.0) -> FloorRun:
+    """Runs snapfloor.c on `specs` (`kind[:key=value]...`, see its header comment)
+    and returns its figures: per spec LABEL plus LABEL.run and LABEL.restore
+    (call_restore), or LABEL.teardown (vm_create). `#info` facts include
+    LABEL.memory_bytes and, for snapshot_create, LABEL.resident_pages.
+
+    Raises FloorError on a non-zero exit (any KVM error, unexpected exit, or a
+    wrong guest or restore result) or when a spec's figure is missing."""
+    if not specs:
+        raise ValueError("run_snap needs at least one spec")
+    exe = exe or build_snap()
+    argv = [str(exe), str(iterations), *specs]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise FloorError(f"{' '.join(argv)} exited with status {proc.returncode}:\n{proc.stderr.strip()}")
+    result = parse(proc.stdout)
+    for spec in specs:
+        label = spec.split(":", 1)[0]
+        for kv in spec.split(":")[1:]:
+            if kv.startswith("label="):
+                label = kv[len("label="):]
+        if label not in result:
+            raise FloorError(f"snapfloor printed no {label!r}; output was:\n{proc.stdout}")
+    return result
