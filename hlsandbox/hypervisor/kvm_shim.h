@@ -26,21 +26,26 @@ static inline uint32_t hl_system_event_type(struct kvm_run *r) { return r->syste
 static inline struct kvm_regs *hl_sync_regs(struct kvm_run *r) { return &r->s.regs.regs; }
 static inline struct kvm_sregs *hl_sync_sregs(struct kvm_run *r) { return &r->s.regs.sregs; }
 
-/* KVM_GET_SUPPORTED_CPUID on the system fd, then KVM_SET_CPUID2 on the vCPU:
- * without it guest physical addresses stop at 36 bits on kvm-pvm. */
+/* KVM_GET_SUPPORTED_CPUID on the system fd (once per process: it costs ~370 us on
+ * kvm-pvm), then KVM_SET_CPUID2 on the vCPU: without it guest physical addresses
+ * stop at 36 bits on kvm-pvm. Callers hold the GIL, which serialises the cache fill. */
+static struct kvm_cpuid2 *hl_supported_cpuid;
 static inline int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd) {
   int nent = 128, rc;
-  for (;;) {
+  while (!hl_supported_cpuid) {
     struct kvm_cpuid2 *c = calloc(1, sizeof *c + (size_t)nent * sizeof(struct kvm_cpuid_entry2));
     if (!c) return -ENOMEM;
     c->nent = nent;
     rc = ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c);
-    if (rc < 0 && errno == E2BIG && nent < 4096) { free(c); nent *= 2; continue; }
-    if (rc == 0) rc = ioctl(vcpu_fd, KVM_SET_CPUID2, c);
-    rc = rc < 0 ? -errno : 0;
-    free(c);
-    return rc;
+    if (rc < 0) {
+      int err = errno;
+      free(c);
+      if (err == E2BIG && nent < 4096) { nent *= 2; continue; }
+      return -err;
+    }
+    hl_supported_cpuid = c;
   }
+  return ioctl(vcpu_fd, KVM_SET_CPUID2, hl_supported_cpuid) < 0 ? -errno : 0;
 }
 
 /* The cancellation signal's handler does nothing: its only job is to make

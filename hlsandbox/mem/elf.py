@@ -165,7 +165,9 @@ def _parse_i686(elf: ELFFile, file_size: int, name: str) -> ElfImage:
     if high - low > MAX_IMAGE_SIZE:
         raise InvalidGuestBinary(f"{name}: the image is beyond the 1 GiB limit")
     rel = [Segment(s.vaddr - low, s.memsz, s.data, s.flags) for s in segments]
-    entry = _checked_entry(elf["e_entry"] - low, rel, name)
+    if not any(s.vaddr <= elf["e_entry"] < s.vaddr + s.memsz and s.flags & PF_X for s in segments):
+        raise InvalidGuestBinary(f"{name}: entry point {elf['e_entry']:#x} is not in an executable segment")
+    entry = elf["e_entry"] - low
     if any(sec["sh_type"] in ("SHT_REL", "SHT_RELA") and sec["sh_flags"] & 0x2 and sec.data_size
            for sec in elf.iter_sections()):
         raise InvalidGuestBinary(f"{name}: i686 guests must not need relocations")
@@ -191,8 +193,10 @@ def _segments(elf: ELFFile, file_size: int, name: str) -> tuple[list[Segment], i
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} has p_filesz > p_memsz")
         if off + filesz > file_size:
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} extends past the end of the file (truncated?)")
-        if vaddr + memsz > (MAX_IMAGE_SIZE if elf.elfclass == 64 else 1 << 32):
+        if elf.elfclass == 64 and vaddr + memsz > MAX_IMAGE_SIZE:
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} is beyond the 1 GiB image limit")
+        if elf.elfclass == 32 and vaddr + memsz > 1 << 32:
+            raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} ends beyond 4 GiB")
         data = ph.data() if filesz else b""
         if len(data) != filesz:
             raise InvalidGuestBinary(f"{name}: segment at {vaddr:#x} is truncated")

@@ -153,7 +153,11 @@ class SandboxMemoryLayout:
     def _place_scratch(self, base: Optional[int]) -> None:
         limit = ADDRESS_LIMIT[self.profile]
         if base is None:
-            base = (APIC_PAGE if self.profile == "i686" else limit) - self.scratch_size
+            top = APIC_PAGE if self.profile == "i686" else limit
+            base = top - self.scratch_size
+            if base < self.snapshot_size:
+                raise InvalidConfiguration(f"the scratch region ({self.scratch_size:#x} bytes: buffers, heap, stack) "
+                                           f"does not fit between the snapshot region and {top:#x}")
         check_scratch_base(base, self.scratch_size, self.snapshot_size, self.profile)
         self.scratch_gpa = base
         o = self._offsets
@@ -321,6 +325,15 @@ class SandboxMemoryLayout:
         align = d["image_align"]
         if align < PAGE or align > 1 << 21 or align & (align - 1):
             raise ValueError(f"image alignment {align:#x} is invalid")
+        from ..sandbox.config import SandboxConfiguration  # the sizes a configuration can produce
+        try:
+            cfg = SandboxConfiguration(heap_size=d["heap_size"], stack_size=d["stack_size"],
+                                       input_data_size=d["input_size"], output_data_size=d["output_size"])
+        except ValueError as e:
+            raise ValueError(f"layout sizes are invalid: {e}") from None
+        if (cfg.heap_size, cfg.stack_size, cfg.input_data_size, cfg.output_data_size) != \
+                (d["heap_size"], d["stack_size"], d["input_size"], d["output_size"]) or d["image_size"] % PAGE:
+            raise ValueError("layout sizes are not whole pages")
         image = types.SimpleNamespace(size=d["image_size"], align=align, profile=profile,
                                       link_base=d["code_gpa"] if profile == "i686" else None)
         try:

@@ -58,8 +58,7 @@ class UninitializedSandbox:
 
     def register_raw(self, fn_id: int, fn: Callable[[memoryview], Any]) -> None:
         """Registers a raw host function by numeric id (a u32): the guest sends a byte
-        payload, `fn` receives it as a read-only memoryview (valid only during the call)
-        and returns bytes. Unknown ids and failures reach the guest as status codes."""
+        payload, `fn` receives it as a read-only memoryview (of a copy) and returns bytes. Unknown ids and failures reach the guest as status codes."""
         if self._evolved:
             raise RuntimeError("cannot register host functions after evolve()")
         self.host_functions.register_raw(fn_id, fn)
@@ -67,6 +66,8 @@ class UninitializedSandbox:
     def guest_counter(self) -> GuestCounter:
         """The sandbox's GuestCounter (at most one: a second call raises). It may be used
         before evolve(); its value lands in guest memory once memory is built."""
+        if self._evolved:
+            raise RuntimeError("cannot create a GuestCounter after evolve()")
         if self._counter is not None:
             raise RuntimeError("this sandbox already has a GuestCounter")
         self._counter = GuestCounter()

@@ -1,4 +1,6 @@
-"""Guest ELF parsing and validation (no KVM): every bad input raises InvalidGuestBinary saying why."""
+"""Guest ELF parsing and validation (no KVM): every bad input raises InvalidGuestBinary saying why.
+
+64-bit x86-64 static PIEs are amd64 guests; 32-bit EM_386 ET_EXEC files are i686 guests."""
 from __future__ import annotations
 
 import os
@@ -246,7 +248,15 @@ def test_text_file():
 
 
 def test_32_bit_class():
-    expect_invalid(patch(GUEST, 4, "B", 1), r"not a 64-bit ELF \(EI_CLASS=1\); the amd64 profile needs x86-64$")
+    # A 32-bit ELF selects the i686 profile, which needs EM_386: x86-64 code in a 32-bit
+    # container is refused saying so.
+    expect_invalid(patch(GUEST, 4, "B", 1), r"^<bytes>: 32-bit ELF for machine EM_X86_64, not i386$")
+
+
+@pytest.mark.parametrize("cls", [0, 3, 255])
+def test_unknown_class(cls):
+    expect_invalid(patch(GUEST, 4, "B", cls), rf"^<bytes>: unknown ELF class {cls} \(EI_CLASS\); expected 64-bit "
+                                              r"\(amd64\) or 32-bit \(i686\)$")
 
 
 def test_big_endian():
@@ -419,3 +429,240 @@ def test_non_power_of_two_alignment_rejected(p_align):
     data = patch_phdr(GUEST, load_index(GUEST, 0), "align", p_align)
     with pytest.raises(hl.InvalidGuestBinary, match="align"):
         GuestBinary.from_bytes(data)
+
+
+# -- i686: 32-bit ELFs -----------------------------------------------------------------------------
+
+EM_386, EM_X86_64, EM_ARM = 3, 62, 40
+ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
+PHOFF32, PHENT32, SHENT32 = 52, 32, 40
+SHT_RELA, SHT_REL = 4, 9
+PAGE_SIZE = 4096
+NANVIX = pathlib.Path(hl.guests.BIN) / "nanvixlike.elf"
+
+
+def seg_bytes(i: int, n: int) -> bytes:
+    return bytes((37 * i + j) & 0xFF for j in range(n))
+
+
+def tiny_elf32(segments=((0x100000, 0x100, PF_R | PF_X),), *, entry=None, etype=ET_EXEC, machine=EM_386,
+               reloc=None, reloc_flags=0x2, reloc_count=1, interp=False) -> bytes:
+    """A minimal 32-bit ELF. segments: (vaddr, memsz, flags[, filesz]) each with its file data
+    (seg_bytes) at its own page of the file; reloc: None, "REL" or "RELA" for a relocation
+    section of reloc_count entries with sh_flags reloc_flags; interp: add a PT_INTERP."""
+    segs = [tuple(sg) + ((min(sg[1], 0x40),) if len(sg) == 3 else ()) for sg in segments]
+    entry = segs[0][0] if entry is None else entry
+    nph = len(segs) + bool(interp)
+    body = bytearray(0x1000 * (len(segs) + 1))
+    phdrs = []
+    for i, (vaddr, memsz, flags, filesz) in enumerate(segs):
+        off = 0x1000 * (i + 1)
+        body[off:off + filesz] = seg_bytes(i, filesz)
+        phdrs.append(struct.pack("<IIIIIIII", PT_LOAD, off, vaddr, vaddr, filesz, memsz, flags, 0x1000))
+    if interp:
+        path = b"/lib/ld-linux.so.2\0"
+        at = PHOFF32 + nph * PHENT32
+        body[at:at + len(path)] = path
+        phdrs.insert(0, struct.pack("<IIIIIIII", PT_INTERP, at, 0, 0, len(path), len(path), PF_R, 1))
+    shstr = b"\0.rel.dyn\0.rela.dyn\0.shstrtab\0"
+    sections = [bytes(SHENT32)]
+
+    def sh(name, stype, flags, off, size, entsize=0, align=4):
+        return struct.pack("<IIIIIIIIII", shstr.index(name), stype, flags, 0, off, size, 0, 0, align, entsize)
+
+    if reloc is not None:
+        entsize = 8 if reloc == "REL" else 12
+        table = b"".join(struct.pack("<II", 0x100010 + 4 * k, 8) + (bytes(4) if reloc == "RELA" else b"")
+                         for k in range(reloc_count))
+        off = len(body)
+        body += table
+        sections.append(sh(b".rel.dyn" if reloc == "REL" else b".rela.dyn", SHT_REL if reloc == "REL" else SHT_RELA,
+                           reloc_flags, off, len(table), entsize))
+    off = len(body)
+    body += shstr
+    body += bytes(-len(body) % 4)
+    sections.append(sh(b".shstrtab", 3, 0, off, len(shstr), align=1))
+    shoff = len(body)
+    body += b"".join(sections)
+    ehdr = (b"\x7fELF\x01\x01\x01" + bytes(9) +
+            struct.pack("<HHIIIIIHHHHHH", etype, machine, 1, entry, PHOFF32, shoff, 0, 52, PHENT32, nph, SHENT32,
+                        len(sections), len(sections) - 1))
+    body[0:52] = ehdr
+    body[PHOFF32:PHOFF32 + nph * PHENT32] = b"".join(phdrs)
+    return bytes(body)
+
+
+NANVIX_LIKE = ((0x100000, 0xD1C, PF_R | PF_X), (0x101000, 0x34E, PF_R), (0x102000, 0x1184, PF_R | PF_W, 4))
+
+
+def test_i686_parses():
+    im = parse_elf(tiny_elf32(NANVIX_LIKE, entry=0x100010))
+    assert im.profile == "i686"
+    assert im.link_base == 0x100000
+    assert im.entry == 0x10  # relative to link_base, like every address in the image
+    assert [(s.vaddr, s.memsz, s.flags) for s in im.segments] == [(0, 0xD1C, PF_R | PF_X), (0x1000, 0x34E, PF_R),
+                                                                  (0x2000, 0x1184, PF_R | PF_W)]
+    assert [s.data for s in im.segments] == [seg_bytes(0, 0x40), seg_bytes(1, 0x40), seg_bytes(2, 4)]
+    assert im.relocations == [] and im.symbols == {}
+    assert im.size == 0x3184 and im.align == 0x1000
+
+
+def test_i686_guest_binary_and_load():
+    g = GuestBinary.from_bytes(tiny_elf32(NANVIX_LIKE, entry=0x100010), "n.elf")
+    assert g.image.profile == "i686" and g.name == "n.elf"
+    mem = bytearray(0x4000)
+    g.image.load_into(memoryview(mem), g.image.link_base, 0)  # no relocations: only copies
+    assert mem[0:0x40] == seg_bytes(0, 0x40) and mem[0x2000:0x2004] == seg_bytes(2, 4)
+    assert mem[0x2004:0x4000] == bytes(0x1FFC)
+
+
+def test_amd64_image_profile():
+    im = parse_elf(GUEST)
+    assert im.profile == "amd64" and im.link_base is None
+
+
+def test_i686_link_base_is_the_page_of_the_lowest_segment():
+    # program headers out of order; the lowest segment starts inside a page
+    im = parse_elf(tiny_elf32(((0x302000, 0x10, PF_R | PF_W), (0x300200, 0x100, PF_R | PF_X)), entry=0x300280))
+    assert im.link_base == 0x300000
+    assert [(s.vaddr, s.memsz, s.flags) for s in im.segments] == [(0x200, 0x100, PF_R | PF_X),
+                                                                  (0x2000, 0x10, PF_R | PF_W)]
+    assert im.entry == 0x280
+    assert im.size == 0x2010
+
+
+@pytest.mark.parametrize("machine, name", [(EM_X86_64, "EM_X86_64"), (EM_ARM, "EM_ARM")])
+def test_i686_wrong_machine(machine, name):
+    expect_invalid(tiny_elf32(machine=machine), rf"^<bytes>: 32-bit ELF for machine {name}, not i386$")
+
+
+@pytest.mark.parametrize("etype, name", [(ET_DYN, "ET_DYN"), (ET_REL, "ET_REL"), (4, "ET_CORE")])
+def test_i686_must_be_exec(etype, name):
+    expect_invalid(tiny_elf32(etype=etype),
+                   rf"^<bytes>: type {name}; i686 guests are linked at fixed addresses \(ET_EXEC\)$")
+
+
+@pytest.mark.parametrize("segments", [
+    ((0x10000, 0x100, PF_R | PF_X),),  # the lowest address allowed
+    ((0x10800, 0x100, PF_R | PF_X),),
+    ((0xFEDFF000, 0x1000, PF_R | PF_X),),  # ends right at the APIC page
+    ((0x10000, 0x100, PF_R | PF_X), (0x3FFF0000, 0x10000, PF_R)),  # exactly 1 GiB
+])
+def test_i686_segment_bounds_accepted(segments):
+    im = parse_elf(tiny_elf32(segments))
+    assert im.link_base == segments[0][0] // PAGE_SIZE * PAGE_SIZE
+
+
+@pytest.mark.parametrize("segments, span", [
+    (((0xF000, 0x100, PF_R | PF_X),), "0xf000, 0xf100"),
+    (((0xFFFF, 0x10, PF_R | PF_X),), "0xf000, 0x1000f"),
+    (((0, 0x100, PF_R | PF_X),), "0x0, 0x100"),
+    (((0x2000, 0x100, PF_R | PF_X), (0x100000, 0x100, PF_R)), "0x2000, 0x100100"),
+    (((0xFEDFF000, 0x1001, PF_R | PF_X),), "0xfedff000, 0xfee00001"),
+    (((0x100000, 0x100, PF_R | PF_X), (0xFEE00000, 0x10, PF_R)), "0x100000, 0xfee00010"),
+    (((0x100000, 0x100, PF_R | PF_X), (0xFF000000, 0x10, PF_R)), "0x100000, 0xff000010"),
+])
+def test_i686_segments_outside_the_allowed_range(segments, span):
+    expect_invalid(tiny_elf32(segments), rf"^<bytes>: segments span \[{span}\); i686 guests must lie within "
+                                         r"\[0x10000, 0xfee00000\)$")
+
+
+def test_i686_image_beyond_1_gib():
+    expect_invalid(tiny_elf32(((0x10000, 0x100, PF_R | PF_X), (0x40010000, 0x10, PF_R))),
+                   r"^<bytes>: the image is beyond the 1 GiB limit$")
+
+
+def test_i686_segment_beyond_4_gib():
+    # vaddr + memsz wraps past 2**32
+    expect_invalid(tiny_elf32(((0x100000, 0x100, PF_R | PF_X), (0xFFFFF000, 0x2000, PF_R))),
+                   r"^<bytes>: segment at 0xfffff000 ends beyond 4 GiB$")
+
+
+@pytest.mark.parametrize("kind", ["REL", "RELA"])
+def test_i686_relocations_rejected(kind):
+    expect_invalid(tiny_elf32(reloc=kind), r"^<bytes>: i686 guests must not need relocations$")
+    expect_invalid(tiny_elf32(reloc=kind, reloc_count=3), r"must not need relocations$")
+
+
+@pytest.mark.parametrize("kind", ["REL", "RELA"])
+def test_i686_harmless_relocation_sections(kind):
+    # not loaded (no SHF_ALLOC), or empty: nothing for a loader to do
+    assert parse_elf(tiny_elf32(reloc=kind, reloc_flags=0)).relocations == []
+    assert parse_elf(tiny_elf32(reloc=kind, reloc_count=0)).relocations == []
+
+
+@pytest.mark.parametrize("entry", [0x101000, 0x102000, 0x100000 + 0xD1C, 0x10000, 0x200000])
+def test_i686_entry_not_executable(entry):
+    expect_invalid(tiny_elf32(NANVIX_LIKE, entry=entry), r"entry point -?0x[0-9a-f]+ is not in an executable segment$")
+
+
+def test_i686_entry_last_code_byte():
+    assert parse_elf(tiny_elf32(NANVIX_LIKE, entry=0x100000 + 0xD1B)).entry == 0xD1B
+
+
+def test_i686_interpreter():
+    expect_invalid(tiny_elf32(interp=True), r"^<bytes>: has an interpreter; guests must be static$")
+    assert parse_elf(tiny_elf32()).profile == "i686"  # the same file without it is fine
+
+
+def test_i686_segment_problems():
+    expect_invalid(tiny_elf32(((0x100000, 0x10, PF_R | PF_X, 0x20),)),
+                   r"^<bytes>: segment at 0x100000 has p_filesz > p_memsz$")
+    expect_invalid(tiny_elf32(((0x100000, 0x900, PF_R | PF_X), (0x100800, 0x100, PF_R))),
+                   r"^<bytes>: segments at 0x100000 and 0x100800 overlap$")
+    data = tiny_elf32(((0x100000, 0x2000, PF_R | PF_X, 0x2000),))
+    expect_invalid(data[:0x2800], r"segment at 0x100000 extends past the end of the file \(truncated\?\)$")
+    no_loads = bytearray(tiny_elf32())
+    struct.pack_into("<I", no_loads, PHOFF32, PT_NOTE)
+    expect_invalid(bytes(no_loads), r"^<bytes>: no loadable \(PT_LOAD\) segments$")
+
+
+def test_i686_big_endian():
+    expect_invalid(patch(tiny_elf32(), 5, "B", 2), r"^<bytes>: not a little-endian ELF$")
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_i686_random_header_corruption(seed):
+    rng = random.Random(3000 + seed)
+    b = bytearray(tiny_elf32(NANVIX_LIKE, reloc="REL", reloc_flags=0))
+    for _ in range(rng.randint(1, 6)):
+        b[rng.randrange(7, PHOFF32 + 3 * PHENT32)] = rng.getrandbits(8)
+    try:
+        im = GuestBinary.from_bytes(bytes(b)).image
+    except hl.InvalidGuestBinary:
+        return
+    if im.profile == "i686":  # what parses must respect the profile's rules
+        assert 0x10000 <= im.link_base and im.link_base + im.size <= 0xFEE00000
+        assert im.relocations == []
+
+
+def raw_loads32(data: bytes) -> list[dict]:
+    phoff, = struct.unpack_from("<I", data, 28)
+    phentsize, nph = struct.unpack_from("<HH", data, 42)
+    out = []
+    for i in range(nph):
+        t, off, vaddr, _, filesz, memsz, flags, align = struct.unpack_from("<IIIIIIII", data, phoff + i * phentsize)
+        if t == PT_LOAD and memsz:
+            out.append(dict(offset=off, vaddr=vaddr, filesz=filesz, memsz=memsz, flags=flags, align=align))
+    return sorted(out, key=lambda h: h["vaddr"])
+
+
+@pytest.mark.skipif(not NANVIX.is_file(), reason="nanvixlike.elf is not built")
+def test_nanvixlike_parses():
+    data = NANVIX.read_bytes()
+    assert data[4] == 1 and struct.unpack_from("<HH", data, 16) == (ET_EXEC, EM_386)
+    g = GuestBinary.from_path(NANVIX)
+    im = g.image
+    loads = raw_loads32(data)
+    low = loads[0]["vaddr"] // PAGE_SIZE * PAGE_SIZE
+    assert im.profile == "i686"
+    assert im.link_base == low
+    assert 0x10000 <= low and max(h["vaddr"] + h["memsz"] for h in loads) <= 0xFEE00000
+    assert [(s.vaddr, s.memsz, s.flags) for s in im.segments] == [(h["vaddr"] - low, h["memsz"], h["flags"])
+                                                                  for h in loads]
+    for s, h in zip(im.segments, loads):
+        assert s.data == data[h["offset"]:h["offset"] + h["filesz"]]
+    assert im.entry == struct.unpack_from("<I", data, 24)[0] - low
+    assert any(s.vaddr <= im.entry < s.vaddr + s.memsz and s.flags & PF_X for s in im.segments)
+    assert im.relocations == []
+    assert im.size == max(h["vaddr"] + h["memsz"] for h in loads) - low
