@@ -261,7 +261,7 @@ cdef class VirtualMachine:
         s.cr3 = cr3
         s.cr4 = 0x20 | 0x200 | 0x400  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
         s.cr0 = 0x80010033  # PG, WP, NE, ET, MP, PE
-        s.efer = 0xD01  # NXE, LMA, LME, SCE
+        s.efer = 0xD00  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
         _user_segment(&s.cs, 0x23, True)
         _user_segment(&s.ss, 0x1b, False)
         s.ds = s.ss
@@ -428,6 +428,24 @@ cdef class VirtualMachine:
             if reason == KVM_EXIT_FAIL_ENTRY:
                 return EXIT_FAIL_ENTRY
             return EXIT_OTHER
+
+    def complete_pending_exit(self) -> None:
+        """Lets KVM finish the instruction of the last exit (the data of an `in`, an MMIO
+        read) without running guest code: KVM_RUN with immediate_exit set (KVM API,
+        "immediate_exit"). KVM completes such an operation at the next KVM_RUN from the
+        state it saved, whatever userspace set meanwhile (on kvm-pvm an `in` then resumes
+        after itself, ignoring a restored RIP): call this after an exit the guest is not
+        resumed from, before the vCPU state is changed or saved."""
+        self._check()
+        cdef int rc = 0, i
+        cdef int fd = self.vcpu_fd
+        self.run_ptr.immediate_exit = 1
+        for i in range(64):  # a string instruction may need several exits to finish
+            with nogil:
+                rc = ioctl(fd, KVM_RUN, 0)
+            if rc < 0:
+                break
+        self.run_ptr.immediate_exit = 1 if self.cancel_requested else 0
 
     # -- dirty pages and vCPU state (snapshots) ---------------------------------------------
 

@@ -11,6 +11,8 @@ from ..hypervisor.kvm cimport (VirtualMachine, hl_vcpu_state, hl_stage_registers
                                hl_state_rip)
 from ..mem.shared_memory cimport SharedMemory
 
+from ..errors import ExecutionCanceled
+
 cdef enum:
     PORT_HALT = 108  # docs/abi.md
 
@@ -44,9 +46,28 @@ cdef class CallPath:
             self.input.push_call_c(name, tags, args)
             self.output.clear()
             self.run_until_halt(generation)
+            # Decode while the vCPU is still claimed: once end_c() runs, close() in another
+            # thread may unmap guest memory (a GC pass or a GuestError's __init__ can
+            # switch threads in the middle of the decode).
+            return self.output.pop_result_c(ret_tag)
         finally:
             self.vm.end_c()
-        return self.output.pop_result_c(ret_tag)
+
+    def call_restoring(self, bytes name, tuple tags, int ret_tag, tuple args, RestorePlan plan):
+        """call(), then, whatever happened, the restore `plan` while the vCPU is still
+        claimed: the per-request clean guest, with no Python between call and restore."""
+        cdef uint64_t generation = self.vm.begin_c()
+        try:
+            self.input.push_call_c(name, tags, args)
+            self.output.clear()
+            self.run_until_halt(generation)
+            return self.output.pop_result_c(ret_tag)
+        finally:
+            try:
+                plan.apply(self.vm)
+                self.poisoned = False
+            finally:
+                self.vm.end_c()
 
     cpdef run_until_halt(self, uint64_t generation):
         """Runs until the guest halts; the vCPU must be claimed with begin(). Anything
@@ -59,8 +80,14 @@ cdef class CallPath:
                 if rc == PORT_HALT:
                     return
                 self.serve(rc, generation)
-        except BaseException:
+        except BaseException as e:
             self.poisoned = True
+            if not isinstance(e, ExecutionCanceled) and self.vm.run_ptr != NULL:
+                # KVM holds the instruction of the last exit (an `in`'s data, a string
+                # I/O) until the next KVM_RUN and would finish it from its saved state
+                # over whatever a restore sets: finish it now, without running the guest.
+                # (serve() has already read the exit details and registers.)
+                self.vm.complete_pending_exit()
             raise
 
 
@@ -95,20 +122,36 @@ def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, const u
     return copy_back(vm, dst, src, ranges)
 
 
-def fast_restore(VirtualMachine vm, SharedMemory dst, SharedMemory src, const uint64_t[:, ::1] ranges, const uint8_t[::1] state, uint64_t trampoline,
-                 uint64_t target_offset, uint64_t fxsave_offset):
-    """The restore of the snapshot a sandbox took or restored last, with the vCPU claimed:
-    copies back what the guest can have written, stages the registers in kvm_run and
-    points RIP at the restore trampoline (mem/trampoline.py) with the snapshot's FPU image
-    and RIP, so nothing here is a vCPU ioctl. Returns the pages copied."""
-    if state.shape[0] != sizeof(hl_vcpu_state):
-        raise ValueError("vCPU state has the wrong size")
-    if target_offset + 8 > 4096 or fxsave_offset + 512 > 4096 or fxsave_offset % 16 or trampoline + 4096 > dst.size:
-        raise ValueError("restore trampoline is outside guest memory")
-    cdef size_t n = copy_back(vm, dst, src, ranges)
-    cdef const hl_vcpu_state *st = <const hl_vcpu_state *>&state[0]
-    cdef uint64_t rip = hl_state_rip(st)
-    memcpy(dst.base + trampoline + target_offset, &rip, 8)
-    memcpy(dst.base + trampoline + fxsave_offset, hl_state_fxsave(st), 512)
-    hl_stage_registers(vm.run_ptr, st, trampoline)
-    return n
+cdef class RestorePlan:
+    """What a fast restore of one snapshot into one sandbox copies and stages."""
+
+    cdef SharedMemory dst, src
+    cdef const uint64_t[:, ::1] ranges
+    cdef bytes state
+    cdef uint64_t trampoline, target_offset, fxsave_offset
+
+    def __init__(self, SharedMemory dst, SharedMemory src, const uint64_t[:, ::1] ranges, bytes state,
+                 uint64_t trampoline, uint64_t target_offset, uint64_t fxsave_offset):
+        if len(state) != sizeof(hl_vcpu_state):
+            raise ValueError("vCPU state has the wrong size")
+        if (target_offset + 8 > 4096 or fxsave_offset + 512 > 4096 or fxsave_offset % 16
+                or trampoline + 4096 > dst.size):
+            raise ValueError("restore trampoline is outside guest memory")
+        self.dst, self.src, self.ranges, self.state = dst, src, ranges, state
+        self.trampoline, self.target_offset, self.fxsave_offset = trampoline, target_offset, fxsave_offset
+
+    cdef int apply(self, VirtualMachine vm) except -1:
+        """Copies back what the guest can have written, stages the registers in kvm_run
+        and points RIP at the restore trampoline (mem/trampoline.py) with the snapshot's
+        FPU image and RIP: no vCPU ioctl. The vCPU must be claimed."""
+        copy_back(vm, self.dst, self.src, self.ranges)
+        cdef const hl_vcpu_state *st = <const hl_vcpu_state *><const char *>self.state
+        cdef uint64_t rip = hl_state_rip(st)
+        memcpy(self.dst.base + self.trampoline + self.target_offset, &rip, 8)
+        memcpy(self.dst.base + self.trampoline + self.fxsave_offset, hl_state_fxsave(st), 512)
+        hl_stage_registers(vm.run_ptr, st, self.trampoline)
+        return 0
+
+    def apply_claimed(self, VirtualMachine vm):
+        """apply() for Python: the caller has claimed the vCPU."""
+        self.apply(vm)

@@ -24,9 +24,10 @@ from ..mem.snapshot import Snapshot, data_extents, page_runs
 from ..mem.system_tables import (GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
 from .config import SandboxConfiguration
+from .core_dump import attach_core_dump
 from .guest_counter import GuestCounter
 from .call_path import CallPath
-from .call_path import fast_restore, restore_pages
+from .call_path import RestorePlan, restore_pages
 from .faults import fault_from_exit, fault_from_frame
 from .interrupt import InterruptHandle
 from .watchdog import WATCHDOG
@@ -85,6 +86,7 @@ class MultiUseSandbox:
         self._restore_after_call = config.restore_after_call
         self._baseline: Optional[Snapshot] = None  # what the dirty pages are relative to
         self._init_snapshot: Optional[Snapshot] = None
+        self._init_plan: Optional[RestorePlan] = None
         self._pending: Optional[Snapshot] = None  # restored, vCPU not run since (state staged)
         self._pending_generation = -1
         self.layout = layout
@@ -111,6 +113,16 @@ class MultiUseSandbox:
         self._functions = {name: _GuestFunction(name, params, ret) for name, params, ret in table}
         self.functions: Mapping[str, Signature] = types.MappingProxyType(
             {n: f.signature for n, f in self._functions.items()})
+
+    def _set_functions_from(self, snap: Snapshot) -> None:
+        """The snapshot's guest functions; built once per snapshot and shared (read-only)."""
+        cached = getattr(snap, "_function_cache", None)
+        if cached is None:
+            self._set_functions([(g.name, tuple(int(p) for p in g.params), int(g.returns))
+                                 for g in snap.guest_functions])
+            snap._function_cache = (self._functions, self.functions)
+        else:
+            self._functions, self.functions = cached
 
     @classmethod
     def _create(cls, binary: GuestBinary, config: SandboxConfiguration, host_functions: HostFunctionRegistry,
@@ -141,6 +153,7 @@ class MultiUseSandbox:
             self._run_init(config.max_execution_time)
             self._set_functions(self._output.pop_function_table())
             self._init_snapshot = self.snapshot()
+            self._init_plan = self._plan_for(self._init_snapshot)
         except BaseException:
             self.close()
             raise
@@ -191,9 +204,9 @@ class MultiUseSandbox:
             self._attach(snap.map_private())
             self._vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
             self._pending, self._pending_generation = snap, self._vm.generation
-            self._set_functions([(g.name, tuple(int(p) for p in g.params), int(g.returns))
-                                 for g in snap.guest_functions])
+            self._set_functions_from(snap)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
+            self._init_plan = self._plan_for(snap)
         except BaseException:
             self.close()
             raise
@@ -214,8 +227,16 @@ class MultiUseSandbox:
         fn = self._functions.get(name)
         if fn is None or self._closed or self._path.poisoned:
             self._refuse(name)
+        restoring = restore or (restore is None and self._restore_after_call)
         try:
             if timeout is None and self._max_time is None:
+                if restoring and self._init_snapshot is self._baseline and self._init_plan is not None:
+                    try:  # call and restore in one Cython method: the per-request clean guest
+                        return self._path.call_restoring(fn.name_bytes, fn.param_tags, fn.return_tag, args,
+                                                         self._init_plan)
+                    finally:
+                        restoring = False
+                        self._after_restore(self._init_snapshot)
                 return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args)
             return self._timed_call(fn, args, self._max_time if timeout is None else timeout)
         except HostFunctionError as e:
@@ -226,10 +247,10 @@ class MultiUseSandbox:
             raise
         finally:
             self._last_host_exception = None
-            if restore or (restore is None and self._restore_after_call):
+            if restoring:
                 self.restore(self._init_snapshot)
 
-    def _refuse(self, name: str) -> None:
+    def _refuse(self, name: str = "") -> None:
         if self._closed:
             raise HyperlightError("the sandbox is closed")
         if self._path.poisoned:
@@ -250,9 +271,11 @@ class MultiUseSandbox:
                 path.run_until_halt(generation)
             finally:
                 WATCHDOG.disarm(token)
+            # Decode before path.end(): once the vCPU is released, close() in another
+            # thread may unmap guest memory.
+            return self._output.pop_result(fn.return_tag)
         finally:
             path.end()
-        return self._output.pop_result(fn.return_tag)
 
     def _run_init(self, timeout: Optional[float]) -> None:
         path = self._path
@@ -274,7 +297,7 @@ class MultiUseSandbox:
         elif rc == PORT_PRINT:
             self._print()
         else:
-            raise self._stopped(rc, generation)
+            raise attach_core_dump(self, self._stopped(rc, generation), rc)
 
     def _on_timeout(self, generation: int) -> None:
         self._timed_out_generation = generation
@@ -289,7 +312,10 @@ class MultiUseSandbox:
                 return ExecutionTimeout("the guest call exceeded its time limit and was stopped")
             return ExecutionCanceled("the guest call was canceled")
         if rc == PORT_ABORT:
-            code, message = self._output.pop_error()
+            try:
+                code, message = self._output.pop_error()
+            except GuestProtocolError as e:
+                return GuestProtocolError(f"the guest aborted, but its abort record is unreadable: {e}")
             return GuestAborted(code, message)
         if rc == PORT_FAULT:
             return fault_from_frame(self._memory, self.layout, self._vm.io_byte(), self._vm)
@@ -323,15 +349,16 @@ class MultiUseSandbox:
             self._input.push_error(4, f"host function {name} result does not fit the input buffer")
 
     def _raw_host_call(self) -> None:
-        """A RAW_CALL: the request is passed as a read-only view of guest memory (valid during
-        the call); the status tells the guest what happened (docs/abi.md, Raw host calls)."""
+        """A RAW_CALL: the request is passed as a read-only view of a copy of its bytes; the
+        status tells the guest what happened (docs/abi.md, Raw host calls)."""
         fn_id, offset, length = self._output.pop_raw_call()
         fn = self._host_functions.get_raw(fn_id)
         if fn is None:
             self._push_raw(1, f"no raw host function {fn_id}".encode())
             return
         start = self.layout.host(self.layout.output_gpa) + offset
-        view = memoryview(self._memory)[start:start + length].toreadonly()
+        # A read-only view of a copy: nothing the function keeps can alias guest memory.
+        view = memoryview(self._memory.read(start, length))
         try:
             result = fn(view)
             data = bytes(result) if isinstance(result, (bytes, bytearray, memoryview)) else None
@@ -341,11 +368,6 @@ class MultiUseSandbox:
             self._last_host_exception = e
             self._push_raw(2, (str(e) or type(e).__name__).encode("utf-8", "replace"))
             return
-        finally:
-            try:
-                view.release()  # the view must not outlive the call
-            except BufferError:
-                pass
         self._push_raw(0, data)
 
     def _push_raw(self, status: int, data: bytes) -> None:
@@ -417,8 +439,7 @@ class MultiUseSandbox:
         try:
             L = self.layout
             if snap is self._baseline and L.profile == "amd64":
-                fast_restore(vm, self._memory, snap.image, self._restore_ranges, snap.vcpu_state,
-                             L.trampoline_gpa, TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
+                self._plan_for(snap).apply_claimed(vm)
             elif snap is self._baseline:  # no trampoline without 64-bit code: KVM_SET_XSAVE
                 restore_pages(vm, self._memory, snap.image, self._restore_ranges)
                 vm.load_state(snap.vcpu_state, kvm.LOAD_REGS | kvm.LOAD_SREGS | kvm.LOAD_FPU)
@@ -427,12 +448,26 @@ class MultiUseSandbox:
                 _copy_all(self._memory, snap)
                 vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
                 self._baseline = snap
-            if self._counter is not None:
-                self._counter._write()  # the host's value, whatever the snapshot holds
-            self._pending, self._pending_generation = snap, vm.generation
             path.poisoned = False
+            self._after_restore(snap)
         finally:
             path.end()
+
+    def _after_restore(self, snap: Snapshot) -> None:
+        """Bookkeeping after the memory and registers of `snap` are back."""
+        if self._counter is not None:
+            self._counter._write()  # the host's value, whatever the snapshot holds
+        self._pending, self._pending_generation = snap, self._vm.generation
+
+    def _plan_for(self, snap: Snapshot) -> Optional[RestorePlan]:
+        """The fast-restore plan of an amd64 snapshot (kept for the init snapshot)."""
+        if self.layout.profile != "amd64":
+            return None
+        if snap is self._init_snapshot and self._init_plan is not None:
+            return self._init_plan
+        L = self.layout
+        return RestorePlan(self._memory, snap.image, self._restore_ranges, snap.vcpu_state, L.trampoline_gpa,
+                           TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -466,6 +501,10 @@ class MultiUseSandbox:
             self._vm.close()
         if self._memory is not None:
             self._memory.close()
+        # The snapshots this sandbox keeps hold a memfd and a mapping each; a closed
+        # sandbox that is still referenced must not keep them (a user's own stay open).
+        self._init_snapshot = self._baseline = self._pending = None
+        self._init_plan = None
 
     def __enter__(self) -> "MultiUseSandbox":
         return self
