@@ -106,31 +106,19 @@ def check_kvm() -> None:
     c_close(vm)
 
 
-cdef inline void _user_segment(kvm_segment *s, uint16_t selector, bint code):
+cdef inline void _flat_segment(kvm_segment *s, uint16_t selector, bint code, uint8_t dpl, bint long_mode):
+    """A flat 4 GiB segment: 64-bit code (L=1) or 32-bit (D/B=1) code or data."""
     memset(s, 0, sizeof(kvm_segment))
     s.base = 0
     s.limit = 0xffffffff
     s.selector = selector
     s.type = 11 if code else 3
     s.present = 1
-    s.dpl = 3
+    s.dpl = dpl
     s.s = 1
     s.g = 1
-    s.l = 1 if code else 0
-    s.db = 0 if code else 1
-
-
-cdef inline void _flat32_segment(kvm_segment *s, uint16_t selector, bint code):
-    memset(s, 0, sizeof(kvm_segment))
-    s.base = 0
-    s.limit = 0xffffffff
-    s.selector = selector
-    s.type = 11 if code else 3
-    s.present = 1
-    s.dpl = 0
-    s.s = 1
-    s.g = 1
-    s.db = 1
+    s.l = 1 if code and long_mode else 0
+    s.db = 0 if code and long_mode else 1
 
 
 cdef class VirtualMachine:
@@ -262,8 +250,8 @@ cdef class VirtualMachine:
         s.cr4 = 0x20 | 0x200 | 0x400  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
         s.cr0 = 0x80010033  # PG, WP, NE, ET, MP, PE
         s.efer = 0xD00  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
-        _user_segment(&s.cs, 0x23, True)
-        _user_segment(&s.ss, 0x1b, False)
+        _flat_segment(&s.cs, 0x23, True, 3, True)
+        _flat_segment(&s.ss, 0x1b, False, 3, True)
         s.ds = s.ss
         s.es = s.ss
         s.fs = s.ss
@@ -292,8 +280,8 @@ cdef class VirtualMachine:
         s.cr3 = 0
         s.cr4 = 0
         s.efer = 0
-        _flat32_segment(&s.cs, 0x08, True)
-        _flat32_segment(&s.ss, 0x10, False)
+        _flat_segment(&s.cs, 0x08, True, 0, False)
+        _flat_segment(&s.ss, 0x10, False, 0, False)
         s.ds = s.ss
         s.es = s.ss
         s.fs = s.ss

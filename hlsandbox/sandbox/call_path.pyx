@@ -43,13 +43,7 @@ cdef class CallPath:
         is not poisoned."""
         cdef uint64_t generation = self.vm.begin_c()
         try:
-            self.input.push_call_c(name, tags, args)
-            self.output.clear()
-            self.run_until_halt(generation)
-            # Decode while the vCPU is still claimed: once end_c() runs, close() in another
-            # thread may unmap guest memory (a GC pass or a GuestError's __init__ can
-            # switch threads in the middle of the decode).
-            return self.output.pop_result_c(ret_tag)
+            return self._claimed_call(generation, name, tags, ret_tag, args)
         finally:
             self.vm.end_c()
 
@@ -58,16 +52,22 @@ cdef class CallPath:
         claimed: the per-request clean guest, with no Python between call and restore."""
         cdef uint64_t generation = self.vm.begin_c()
         try:
-            self.input.push_call_c(name, tags, args)
-            self.output.clear()
-            self.run_until_halt(generation)
-            return self.output.pop_result_c(ret_tag)
+            return self._claimed_call(generation, name, tags, ret_tag, args)
         finally:
             try:
                 plan.apply(self.vm)
                 self.poisoned = False
             finally:
                 self.vm.end_c()
+
+    cdef object _claimed_call(self, uint64_t generation, bytes name, tuple tags, int ret_tag, tuple args):
+        self.input.push_call_c(name, tags, args)
+        self.output.clear()
+        self.run_until_halt(generation)
+        # Decode while the vCPU is still claimed: once end_c() runs, close() in another
+        # thread may unmap guest memory (a GC pass or a GuestError's __init__ can
+        # switch threads in the middle of the decode).
+        return self.output.pop_result_c(ret_tag)
 
     cpdef run_until_halt(self, uint64_t generation):
         """Runs until the guest halts; the vCPU must be claimed with begin(). Anything
