@@ -25,6 +25,7 @@ SDK_DIR = CSRC / "guest"
 GUESTS_DIR = CSRC / "guests"
 RUNTIME32_DIR = CSRC / "guest32"
 GUESTS32_DIR = CSRC / "guests32"
+COMMON_DIR = CSRC / "common"  # shared by both runtimes
 
 # docs/abi.md: a static PIE (only R_X86_64_RELATIVE relocations, no
 # interpreter), 4 KiB segment alignment, no libc or start files, no endbr64,
@@ -63,7 +64,7 @@ MIN_LOAD_32 = 0x10000
 
 
 def _sdk_sources() -> list[pathlib.Path]:
-    return sorted(SDK_DIR.glob("*.S")) + sorted(SDK_DIR.glob("*.c"))
+    return sorted(SDK_DIR.glob("*.S")) + sorted(SDK_DIR.glob("*.c")) + sorted(COMMON_DIR.glob("*.c"))
 
 
 def _inputs(guest: pathlib.Path) -> list[pathlib.Path]:
@@ -72,7 +73,7 @@ def _inputs(guest: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _runtime32_sources() -> list[pathlib.Path]:
-    return sorted(RUNTIME32_DIR.glob("*.S")) + sorted(RUNTIME32_DIR.glob("*.c"))
+    return sorted(RUNTIME32_DIR.glob("*.S")) + sorted(RUNTIME32_DIR.glob("*.c")) + sorted(COMMON_DIR.glob("*.c"))
 
 
 def _inputs32(guest: pathlib.Path) -> list[pathlib.Path]:

@@ -337,33 +337,7 @@ void hl32_main(const uint64_t *peb, uint32_t seed, uint32_t page_size, uint32_t 
 
 /* ---- freestanding helpers ---- */
 
-/* rep movsb / rep stosb: the kvm-pvm emulator handles them (its coverage
- * probe), and written as C loops GCC could turn them into calls to
- * themselves. */
-void *memcpy(void *dst, const void *src, size_t n) {
-  void *d = dst;
-  __asm__ volatile("rep movsb" : "+D"(d), "+S"(src), "+c"(n) : : "memory");
-  return dst;
-}
-
-void *memset(void *dst, int c, size_t n) {
-  void *d = dst;
-  __asm__ volatile("rep stosb" : "+D"(d), "+c"(n) : "a"(c) : "memory");
-  return dst;
-}
-
-int memcmp(const void *a, const void *b, size_t n) {
-  const uint8_t *x = a, *y = b;
-  for (size_t i = 0; i < n; i++)
-    if (x[i] != y[i]) return x[i] < y[i] ? -1 : 1;
-  return 0;
-}
-
-size_t strlen(const char *s) {
-  const char *p = s;
-  while (*p) p++;
-  return (size_t)(p - s);
-}
+/* memcpy, memset, memcmp, strlen: csrc/common/string.c. */
 
 char *hl32_utoa(uint32_t v, char *buf) {
   char tmp[10];

@@ -97,6 +97,9 @@ cdef class VirtualMachine:
 
     cdef void _release(self) noexcept
     cdef void _check(self) except *
+    cdef _set_mode(self, uint64_t cr0, uint64_t cr4, uint64_t efer, uint64_t cr3, uint16_t cs, uint16_t ds,
+                   uint8_t dpl, bint long_mode, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
+                   uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint16_t tss_selector)
     cdef uint64_t begin_c(self) except 0
     cdef void end_c(self) noexcept
     cpdef int run(self) except? -100

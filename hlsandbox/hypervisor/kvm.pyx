@@ -242,16 +242,28 @@ cdef class VirtualMachine:
     def setup_long_mode(self, uint64_t cr3, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
                         uint16_t idt_limit, uint64_t tss, uint32_t tss_limit) -> None:
         """64-bit mode with paging, CS/SS at CPL3, the TSS for faults and I/O permissions."""
+        self._set_mode(0x80010033,  # PG, WP, NE, ET, MP, PE
+                       0x20 | 0x200 | 0x400,  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
+                       0xD00,  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
+                       cr3, 0x23, 0x1b, 3, True, gdt, gdt_limit, idt, idt_limit, tss, tss_limit, 0x28)
+
+    def setup_protected_mode(self, uint64_t gdt, uint16_t gdt_limit, uint64_t idt, uint16_t idt_limit,
+                             uint64_t tss) -> None:
+        """32-bit protected mode without paging at CPL0, flat segments (the i686 profile)."""
+        self._set_mode(0x11, 0, 0, 0,  # CR0: PE, ET; no paging
+                       0x08, 0x10, 0, False, gdt, gdt_limit, idt, idt_limit, tss, 0x67, 0x18)
+
+    cdef _set_mode(self, uint64_t cr0, uint64_t cr4, uint64_t efer, uint64_t cr3, uint16_t cs, uint16_t ds,
+                   uint8_t dpl, bint long_mode, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
+                   uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint16_t tss_selector):
+        """Control registers, flat segments, descriptor tables and a busy TSS in one SET_SREGS."""
         self._check()
         cdef kvm_sregs s
         if ioctl(self.vcpu_fd, KVM_GET_SREGS, &s) < 0:
             raise OSError(errno, "KVM_GET_SREGS")
-        s.cr3 = cr3
-        s.cr4 = 0x20 | 0x200 | 0x400  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
-        s.cr0 = 0x80010033  # PG, WP, NE, ET, MP, PE
-        s.efer = 0xD00  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
-        _flat_segment(&s.cs, 0x23, True, 3, True)
-        _flat_segment(&s.ss, 0x1b, False, 3, True)
+        s.cr0, s.cr3, s.cr4, s.efer = cr0, cr3, cr4, efer
+        _flat_segment(&s.cs, cs, True, dpl, long_mode)
+        _flat_segment(&s.ss, ds, False, dpl, long_mode)
         s.ds = s.ss
         s.es = s.ss
         s.fs = s.ss
@@ -259,38 +271,8 @@ cdef class VirtualMachine:
         memset(&s.tr, 0, sizeof(kvm_segment))
         s.tr.base = tss
         s.tr.limit = tss_limit
-        s.tr.selector = 0x28
-        s.tr.type = 11  # busy 64-bit TSS
-        s.tr.present = 1
-        s.gdt.base = gdt
-        s.gdt.limit = gdt_limit
-        s.idt.base = idt
-        s.idt.limit = idt_limit
-        if ioctl(self.vcpu_fd, KVM_SET_SREGS, &s) < 0:
-            raise OSError(errno, f"KVM_SET_SREGS: {os.strerror(errno)}")
-
-    def setup_protected_mode(self, uint64_t gdt, uint16_t gdt_limit, uint64_t idt, uint16_t idt_limit,
-                             uint64_t tss) -> None:
-        """32-bit protected mode without paging at CPL0, flat segments (the i686 profile)."""
-        self._check()
-        cdef kvm_sregs s
-        if ioctl(self.vcpu_fd, KVM_GET_SREGS, &s) < 0:
-            raise OSError(errno, "KVM_GET_SREGS")
-        s.cr0 = 0x11  # PE, ET
-        s.cr3 = 0
-        s.cr4 = 0
-        s.efer = 0
-        _flat_segment(&s.cs, 0x08, True, 0, False)
-        _flat_segment(&s.ss, 0x10, False, 0, False)
-        s.ds = s.ss
-        s.es = s.ss
-        s.fs = s.ss
-        s.gs = s.ss
-        memset(&s.tr, 0, sizeof(kvm_segment))
-        s.tr.base = tss
-        s.tr.limit = 0x67
-        s.tr.selector = 0x18
-        s.tr.type = 11  # busy 32-bit TSS
+        s.tr.selector = tss_selector
+        s.tr.type = 11  # busy TSS
         s.tr.present = 1
         s.gdt.base = gdt
         s.gdt.limit = gdt_limit
