@@ -117,6 +117,7 @@ def build(force: bool = False, source: Path | None = None) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256()
     h.update(source.read_bytes())
+    h.update((source.parent / "floor_common.h").read_bytes())
     h.update(" ".join(CFLAGS).encode())
     h.update(version.encode())
     cache = _cache_dir()

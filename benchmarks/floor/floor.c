@@ -117,53 +117,8 @@ __asm__(".pushsection .rodata\n"
         ".popsection\n");
 extern const uint8_t guest_call_start[], guest_call_end[], guest_hostcall_start[], guest_hostcall_end[];
 
-/* ---- errors: fail loudly ---- */
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "floor: ");
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\n");
-  va_end(ap);
-  exit(2);
-}
-#define CHECK_IOCTL(rc, what)                                              \
-  do {                                                                     \
-    if ((rc) < 0) fail("%s failed: %s (errno %d)", what, strerror(errno), errno); \
-  } while (0)
-
-/* A watchdog: SIGALRM without SA_RESTART makes a stuck KVM_RUN return EINTR.
- * Armed once per figure (not per iteration: alarm() is a syscall). */
-static volatile sig_atomic_t g_alarm;
-static void on_alarm(int s) { (void)s; g_alarm = 1; }
-
-static uint64_t now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
-/* ---- statistics ---- */
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-/* Sorts v and prints `name median p10 p90 n` in microseconds. Percentiles use
- * linear interpolation between closest ranks (numpy's default), so Python
- * side statistics on the same samples agree. */
-static double quantile(const uint64_t *sorted, int n, double q) {
-  double pos = q * (n - 1);
-  int lo = (int)pos;
-  int hi = lo + 1 < n ? lo + 1 : lo;
-  double frac = pos - lo;
-  return sorted[lo] + (sorted[hi] - (double)sorted[lo]) * frac;
-}
-static void report(const char *name, uint64_t *samples_ns, int n) {
-  qsort(samples_ns, n, sizeof *samples_ns, cmp_u64);
-  printf("%s %.3f %.3f %.3f %d\n", name, quantile(samples_ns, n, 0.5) / 1e3, quantile(samples_ns, n, 0.1) / 1e3,
-         quantile(samples_ns, n, 0.9) / 1e3, n);
-  fflush(stdout);
-}
+#define FLOOR_NAME "floor"
+#include "floor_common.h"
 
 /* ---- the VM ---- */
 struct vm {
@@ -228,7 +183,7 @@ static inline void run_expect_out(struct vm *v, const char *figure, int port) {
     if (rc == 0) break;
     if (errno == EINTR && !g_alarm) continue; /* a stray signal: re-enter */
     if (errno == EINTR) fail("%s: guest did not exit within the watchdog time", figure);
-    CHECK_IOCTL(rc, "KVM_RUN");
+    CHECK(rc, "KVM_RUN");
   }
   struct kvm_run *r = v->run;
   if (__builtin_expect(r->exit_reason != KVM_EXIT_IO || r->io.port != port || r->io.direction != KVM_EXIT_IO_OUT ||
@@ -249,7 +204,7 @@ static void set_cpuid(struct vm *v) {
       if (errno == E2BIG) continue;
       fail("KVM_GET_SUPPORTED_CPUID failed: %s", strerror(errno));
     }
-    CHECK_IOCTL(ioctl(v->cpu, KVM_SET_CPUID2, c), "KVM_SET_CPUID2");
+    CHECK(ioctl(v->cpu, KVM_SET_CPUID2, c), "KVM_SET_CPUID2");
     free(c);
     return;
   }
@@ -336,20 +291,20 @@ static void vm_create(struct vm *v, const uint8_t *code, size_t code_len) {
   memcpy(mem + GPA_CODE, code, code_len);
 
   v->vm = ioctl(v->kvm, KVM_CREATE_VM, 0);
-  CHECK_IOCTL(v->vm, "KVM_CREATE_VM");
+  CHECK(v->vm, "KVM_CREATE_VM");
   struct kvm_userspace_memory_region region = {
       .slot = 0, .flags = 0, .guest_phys_addr = 0, .memory_size = MEM_SIZE, .userspace_addr = (uint64_t)mem};
-  CHECK_IOCTL(ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &region), "KVM_SET_USER_MEMORY_REGION");
+  CHECK(ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &region), "KVM_SET_USER_MEMORY_REGION");
   v->cpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
-  CHECK_IOCTL(v->cpu, "KVM_CREATE_VCPU");
+  CHECK(v->cpu, "KVM_CREATE_VCPU");
   v->run_size = ioctl(v->kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-  CHECK_IOCTL(v->run_size, "KVM_GET_VCPU_MMAP_SIZE");
+  CHECK(v->run_size, "KVM_GET_VCPU_MMAP_SIZE");
   v->run = mmap(0, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->cpu, 0);
   if (v->run == MAP_FAILED) fail("mmap kvm_run: %s", strerror(errno));
   set_cpuid(v);
 
   struct kvm_sregs s;
-  CHECK_IOCTL(ioctl(v->cpu, KVM_GET_SREGS, &s), "KVM_GET_SREGS");
+  CHECK(ioctl(v->cpu, KVM_GET_SREGS, &s), "KVM_GET_SREGS");
   s.cr0 = 0x80010033; /* PG WP NE ET MP PE */
   s.cr3 = GPA_PML4;
   s.cr4 = 0x620;      /* PAE OSFXSR OSXMMEXCPT */
@@ -364,12 +319,12 @@ static void vm_create(struct vm *v, const uint8_t *code, size_t code_len) {
   s.gdt.limit = 7 * 8 - 1;
   s.idt.base = GPA_IDT;
   s.idt.limit = 32 * 16 - 1;
-  CHECK_IOCTL(ioctl(v->cpu, KVM_SET_SREGS, &s), "KVM_SET_SREGS");
+  CHECK(ioctl(v->cpu, KVM_SET_SREGS, &s), "KVM_SET_SREGS");
   struct kvm_regs g = {0};
   g.rip = GPA_CODE;
   g.rsp = STACK_TOP;
   g.rflags = 0x2; /* interrupts off, IOPL 0: the I/O bitmap decides */
-  CHECK_IOCTL(ioctl(v->cpu, KVM_SET_REGS, &g), "KVM_SET_REGS");
+  CHECK(ioctl(v->cpu, KVM_SET_REGS, &g), "KVM_SET_REGS");
 
   /* Ask KVM to publish the registers in kvm_run->s.regs at every exit, so the
    * hot path can edit one and mark it dirty instead of a 6-7 us SET_REGS. */
@@ -428,7 +383,7 @@ static void bench_exit_roundtrip(int iterations) {
     if (i >= 0) samples[i] = t1 - t0;
   }
   alarm(0);
-  report(fig, samples, iterations);
+  report(fig, "", samples, iterations);
   free(samples);
   vm_destroy(&v);
 }
@@ -462,7 +417,7 @@ static void bench_host_call_roundtrip(int iterations) {
     if (i >= 0) samples[i] = t1 - t0;
   }
   alarm(0);
-  report(fig, samples, iterations);
+  report(fig, "", samples, iterations);
   free(samples);
   vm_destroy(&v);
 }
@@ -488,7 +443,7 @@ static void bench_sum_c(uint64_t n, int reps) {
     samples[r] = t1 - t0;
   }
   printf("#info sum_c_n %llu\n#info sum_c_result %llu\n", (unsigned long long)n, (unsigned long long)result);
-  report("sum_c", samples, reps);
+  report("sum_c", "", samples, reps);
   free(samples);
 }
 

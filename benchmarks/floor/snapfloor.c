@@ -165,44 +165,9 @@ __asm__(".pushsection .rodata\n"
         ".popsection\n");
 extern const uint8_t snap_guest_start[], snap_guest_end[];
 
-/* ---- errors, time, statistics (as floor.c) ---- */
-static void fail(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "snapfloor: ");
-  vfprintf(stderr, fmt, ap);
-  fprintf(stderr, "\n");
-  va_end(ap);
-  exit(2);
-}
-#define CHECK(rc, what)                                                           \
-  do {                                                                            \
-    if ((rc) < 0) fail("%s failed: %s (errno %d)", what, strerror(errno), errno); \
-  } while (0)
+#define FLOOR_NAME "snapfloor"
+#include "floor_common.h"
 
-static volatile sig_atomic_t g_alarm;
-static void on_alarm(int s) { (void)s; g_alarm = 1; }
-
-static inline uint64_t now_ns(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-static double quantile(const uint64_t *s, int n, double q) {
-  double pos = q * (n - 1);
-  int lo = (int)pos, hi = lo + 1 < n ? lo + 1 : lo;
-  return s[lo] + (s[hi] - (double)s[lo]) * (pos - lo);
-}
-static void report(const char *name, const char *suffix, uint64_t *ns, int n) {
-  qsort(ns, n, sizeof *ns, cmp_u64);
-  printf("%s%s %.3f %.3f %.3f %d\n", name, suffix, quantile(ns, n, 0.5) / 1e3, quantile(ns, n, 0.1) / 1e3,
-         quantile(ns, n, 0.9) / 1e3, n);
-  fflush(stdout);
-}
 static uint64_t *alloc_samples(int n) {
   uint64_t *p = calloc(n > 0 ? n : 1, sizeof *p);
   if (!p) fail("out of memory");
