@@ -22,7 +22,7 @@ from .layout import PAGE, SandboxMemoryLayout
 from .shared_memory import SharedMemory
 
 MAGIC = b"HLSNAP\x00\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the scratch region starts with the heap (buffers on top of the stack)
 PROFILES = ("amd64", "i686")
 ARCH = "x86_64"
 HEADER = struct.Struct("<8sIIQIIII")  # magic, version, header size, memory size, memory crc, meta crc, meta size, state size

@@ -173,18 +173,15 @@ def _segments(sandbox: "MultiUseSandbox") -> list[tuple[int, int, int]]:
     """(gpa, size, flags) of the regions the guest can see. The code region's pages have
     per-segment permissions; the core marks it all RWX (gdb does not mind)."""
     L = sandbox.layout
-    image_end = getattr(L, "snapshot_size", None) or L.input_gpa  # the image ends the snapshot region
     segs = [
         (L.peb_gpa, L.code_gpa - L.peb_gpa, PF_R | PF_X),  # PEB (and the restore trampoline)
-        (L.code_gpa, image_end - L.code_gpa, PF_R | PF_W | PF_X),
-        (L.input_gpa, L.input_size, PF_R | PF_W),
-        (L.output_gpa, L.output_size, PF_R | PF_W),
+        (L.code_gpa, L.snapshot_size - L.code_gpa, PF_R | PF_W | PF_X),  # the image ends the snapshot region
         (L.heap_gpa, L.heap_size, PF_R | PF_W),
         (L.stack_gpa, L.stack_size, PF_R | PF_W),
+        (L.input_gpa, L.input_size, PF_R | PF_W),
+        (L.output_gpa, L.output_size, PF_R | PF_W),
+        (L.host_page_gpa, PAGE, PF_R),
     ]
-    host_page = getattr(L, "host_page_gpa", None)
-    if host_page is not None:
-        segs.append((host_page, PAGE, PF_R))
     return [s for s in segs if s[1] > 0]
 
 

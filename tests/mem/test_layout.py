@@ -20,7 +20,7 @@ I686_TOP = APIC_PAGE  # the default i686 scratch region ends here
 # docs/abi.md "Memory layout", in address order within each part.
 AMD64_SNAPSHOT_ORDER = ["null", "page_tables", "system", "peb", "trampoline", "code"]
 I686_SNAPSHOT_ORDER = ["null", "system", "peb", "padding", "code"]
-SCRATCH_ORDER = ["input", "output", "heap", "guard", "stack", "host_page"]
+SCRATCH_ORDER = ["heap", "guard", "stack", "input", "output", "host_page"]
 SCRATCH_NAMES = set(SCRATCH_ORDER)
 
 DEFAULT = dict(heap=MiB, stack=256 * KiB, input=16 * KiB, output=16 * KiB)
@@ -196,18 +196,19 @@ def test_simpleguest_layout_values(guest):
         "pt_gpa": 0x1000, "pt_size": pt_pages * PAGE, "system_gpa": 0x7000, "peb_gpa": 0xF000,
         "trampoline_gpa": 0x10000, "code_gpa": code, "snapshot_size": code + img,
         "scratch_gpa": s, "scratch_size": size,
-        "input_gpa": s, "input_size": 16 * KiB,
-        "output_gpa": s + 16 * KiB, "output_size": 16 * KiB,
-        "heap_gpa": s + 32 * KiB, "heap_size": MiB,
-        "guard_gpa": s + 32 * KiB + MiB,
-        "stack_gpa": s + 36 * KiB + MiB, "stack_size": 256 * KiB,
-        "stack_top": AMD64_TOP - PAGE,
+        "heap_gpa": s, "heap_size": MiB,
+        "guard_gpa": s + MiB,
+        "stack_gpa": s + MiB + PAGE, "stack_size": 256 * KiB,
+        "stack_top": s + MiB + PAGE + 256 * KiB,
+        "input_gpa": s + MiB + PAGE + 256 * KiB, "input_size": 16 * KiB,
+        "output_gpa": s + MiB + PAGE + 272 * KiB, "output_size": 16 * KiB,
         "counter_gpa": AMD64_TOP - 0x1000,
         "total_size": code + img + size,
     }
     assert code == 0x11000
     assert layout.memory_size == layout.total_size
-    assert layout.host_page_gpa == layout.counter_gpa == layout.stack_top
+    assert layout.host_page_gpa == layout.counter_gpa == layout.output_gpa + layout.output_size
+    assert layout.stack_top == layout.input_gpa
 
 
 def expected_page_flags(path):
@@ -281,7 +282,8 @@ def test_stack_guard_and_host_page(guest):
     layout = make_layout(guest.image, hl.SandboxConfiguration(stack_size="64Ki"))
     end = layout.scratch_gpa + layout.scratch_size
     assert end == AMD64_TOP
-    assert layout.stack_top == end - PAGE == layout.host_page_gpa == layout.counter_gpa
+    assert end - PAGE == layout.host_page_gpa == layout.counter_gpa
+    assert layout.stack_top == layout.input_gpa == end - PAGE - 32 * KiB  # the buffers sit on the stack
     assert layout.stack_top - layout.stack_gpa == 64 * KiB
     assert layout.stack_top % 16 == 0
     assert layout.guard_gpa == layout.stack_gpa - PAGE
@@ -320,9 +322,11 @@ def test_sizes_flow_from_configuration(guest, cfg):
                      "guard": PAGE, "stack": c.stack_size, "host_page": PAGE}
     assert layout.scratch_size == sum(sizes.values())
     assert layout.scratch_gpa == AMD64_TOP - layout.scratch_size
-    assert layout.input_gpa == layout.scratch_gpa
+    assert layout.heap_gpa == layout.scratch_gpa
+    assert layout.stack_gpa == layout.heap_gpa + c.heap_size + PAGE
+    assert layout.input_gpa == layout.stack_top == layout.stack_gpa + c.stack_size
     assert layout.output_gpa == layout.input_gpa + c.input_data_size
-    assert layout.heap_gpa == layout.output_gpa + c.output_data_size
+    assert layout.host_page_gpa == layout.output_gpa + c.output_data_size
     split_regions(layout, guest.image)
     assert check_tables_minimal(layout) * PAGE == layout.pt_size
     assert layout.code_gpa == layout.pt_gpa + layout.pt_size + SYSTEM_SIZE + 2 * PAGE
@@ -379,10 +383,10 @@ def test_custom_scratch_base(guest, base, pt_pages):
     snap, scratch = split_regions(layout, guest.image)
     assert names_collapsed(snap) == AMD64_SNAPSHOT_ORDER
     assert [r.name for r in scratch] == SCRATCH_ORDER
-    assert layout.scratch_gpa == layout.input_gpa == base
+    assert layout.scratch_gpa == layout.heap_gpa == base
     assert layout.scratch_size == DEFAULT_SCRATCH_SIZE
     assert layout.counter_gpa == base + DEFAULT_SCRATCH_SIZE - 0x1000
-    assert layout.stack_top == layout.counter_gpa
+    assert layout.stack_top == layout.counter_gpa - 32 * KiB
     assert layout.pt_size == pt_pages * PAGE
     assert check_tables_minimal(layout) == pt_pages
     assert layout.code_gpa == 0x1000 + pt_pages * PAGE + SYSTEM_SIZE + 2 * PAGE
@@ -476,8 +480,7 @@ def check_slots(L):
     split = L.stack_top - min(L.stack_size, STACK_COPY)
     assert slots == [
         (0, L.snapshot_size, L.profile == "i686", 0),
-        (L.input_gpa, L.input_size + L.output_size, False, L.snapshot_size),
-        (L.heap_gpa, split - L.heap_gpa, True, L.snapshot_size + L.input_size + L.output_size),
+        (L.heap_gpa, split - L.heap_gpa, True, L.snapshot_size),
         (split, L.scratch_gpa + L.scratch_size - split, False, L.host(split)),
     ]
     # slots tile both parts of guest memory, and host memory in order
@@ -489,11 +492,11 @@ def check_slots(L):
         host += size
     assert host == L.total_size
     assert slots[1][0] == L.scratch_gpa
-    assert slots[1][0] + slots[1][1] == slots[2][0] and slots[2][0] + slots[2][1] == slots[3][0]
-    # the logged heap slot holds the heap, the guard page and the deep stack
-    assert slots[2][0] == L.heap_gpa and slots[2][0] + slots[2][1] >= L.stack_gpa
-    # the last slot: the stack top (at most 16 KiB) and the host page
-    assert slots[3][1] == min(L.stack_size, 16 * KiB) + PAGE
+    assert slots[1][0] + slots[1][1] == slots[2][0]
+    # the logged slot holds the heap, the guard page and the deep stack
+    assert slots[1][0] == L.heap_gpa and slots[1][0] + slots[1][1] >= L.stack_gpa
+    # the last slot: the stack top (at most 16 KiB), both buffers and the host page
+    assert slots[2][1] == min(L.stack_size, 16 * KiB) + L.input_size + L.output_size + PAGE
     return slots
 
 
@@ -503,28 +506,26 @@ def check_slots(L):
 def test_slots_amd64(guest, cfg, base):
     L = make_layout(guest.image, hl.SandboxConfiguration(**cfg), scratch_base=base)
     slots = check_slots(L)
-    assert [s[2] for s in slots] == [False, False, True, False]  # only heap + guard + deep stack log
+    assert [s[2] for s in slots] == [False, True, False]  # only heap + guard + deep stack log
 
 
 def test_slots_small_stack_is_copied_whole(guest):
     L = make_layout(guest.image, hl.SandboxConfiguration(stack_size="8Ki"))
     slots = check_slots(L)
-    assert slots[2] == (L.heap_gpa, L.heap_size + PAGE, True, L.host(L.heap_gpa))  # heap + guard only
-    assert slots[3] == (L.stack_gpa, 8 * KiB + PAGE, False, L.host(L.stack_gpa))
+    assert slots[1] == (L.heap_gpa, L.heap_size + PAGE, True, L.host(L.heap_gpa))  # heap + guard only
+    assert slots[2] == (L.stack_gpa, 8 * KiB + 32 * KiB + PAGE, False, L.host(L.stack_gpa))
 
 
 def test_copied_ranges(guest):
     L = make_layout(guest.image)
     assert L.stack_copy_size == 16 * KiB
-    assert L.copied_ranges() == [(L.snapshot_size, 32 * KiB),
-                                 (L.total_size - 16 * KiB - PAGE, 16 * KiB + PAGE)]
-    # exactly the host ranges of the unlogged scratch slots
+    assert L.copied_ranges() == [(L.total_size - 48 * KiB - PAGE, 48 * KiB + PAGE)]
+    # exactly the host range of the unlogged scratch slot
     unlogged = [(off, size) for gpa, size, log, off in L.slots() if not log and gpa >= L.scratch_gpa]
     assert L.copied_ranges() == unlogged
     small = make_layout(guest.image, hl.SandboxConfiguration(stack_size="8Ki", input_data_size="4Ki"))
     assert small.stack_copy_size == 8 * KiB
-    assert small.copied_ranges() == [(small.snapshot_size, 4 * KiB + 16 * KiB),
-                                     (small.host(small.stack_gpa), 8 * KiB + PAGE)]
+    assert small.copied_ranges() == [(small.host(small.stack_gpa), 8 * KiB + 4 * KiB + 16 * KiB + PAGE)]
 
 
 def test_writable_image_ranges_simpleguest(guest):
@@ -626,9 +627,10 @@ def test_i686_layout_values(image):
         "pt_gpa": 0, "pt_size": 0, "system_gpa": 0x1000, "peb_gpa": 0x2000, "trampoline_gpa": 0,
         "code_gpa": base, "snapshot_size": base + align_up(img.size, PAGE),
         "scratch_gpa": s, "scratch_size": size,
-        "input_gpa": s, "input_size": 16 * KiB, "output_gpa": s + 16 * KiB, "output_size": 16 * KiB,
-        "heap_gpa": s + 32 * KiB, "heap_size": MiB, "guard_gpa": s + 32 * KiB + MiB,
-        "stack_gpa": s + 36 * KiB + MiB, "stack_size": 256 * KiB, "stack_top": I686_TOP - PAGE,
+        "heap_gpa": s, "heap_size": MiB, "guard_gpa": s + MiB,
+        "stack_gpa": s + MiB + PAGE, "stack_size": 256 * KiB, "stack_top": s + MiB + PAGE + 256 * KiB,
+        "input_gpa": s + MiB + PAGE + 256 * KiB, "input_size": 16 * KiB,
+        "output_gpa": s + MiB + PAGE + 272 * KiB, "output_size": 16 * KiB,
         "counter_gpa": I686_TOP - 0x1000, "total_size": base + align_up(img.size, PAGE) + size,
     }
     snap, scratch = split_regions(L, img)
@@ -652,9 +654,9 @@ def test_i686_code_regions():
 def test_i686_slots_and_ranges():
     L = make_layout(I686_IMAGE)
     slots = check_slots(L)
-    assert [s[2] for s in slots] == [True, False, True, False]  # the i686 snapshot region logs dirty pages
+    assert [s[2] for s in slots] == [True, True, False]  # the i686 snapshot region logs dirty pages
     assert L.writable_image_ranges(I686_IMAGE) == []
-    assert L.copied_ranges() == [(L.snapshot_size, 32 * KiB), (L.total_size - 16 * KiB - PAGE, 16 * KiB + PAGE)]
+    assert L.copied_ranges() == [(L.total_size - 48 * KiB - PAGE, 48 * KiB + PAGE)]
     assert L.host(0x100000) == 0x100000
     assert L.host(L.counter_gpa) == L.total_size - PAGE
     with pytest.raises(ValueError, match="is not guest memory"):

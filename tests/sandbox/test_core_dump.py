@@ -150,7 +150,7 @@ def test_fault_reported_by_an_exit_core(tmp_path):
             sb.call("PortIo", 2)
         L = sb.layout
     core = Core(ei.value.core_dump)
-    assert L.code_gpa <= core.regs["rip"] < L.input_gpa
+    assert L.code_gpa <= core.regs["rip"] < L.snapshot_size
     assert core.regs["cs"] == 0x23
 
 
@@ -161,7 +161,7 @@ def test_abort_core(tmp_path):
         L = sb.layout
     core = Core(ei.value.core_dump)
     assert core.signal == 6  # SIGABRT
-    assert L.code_gpa <= core.regs["rip"] < L.input_gpa
+    assert L.code_gpa <= core.regs["rip"] < L.snapshot_size
     assert L.stack_gpa <= core.regs["rsp"] < L.stack_top
 
 

@@ -146,7 +146,7 @@ def test_write_to_code(sandbox):
     with pytest.raises(hl.MemoryAccessViolation, match="write of .* .protection violation.") as ei:
         sandbox.call("WriteToCode")
     assert ei.value.access == "write"
-    assert sandbox.layout.code_gpa <= ei.value.address < sandbox.layout.input_gpa
+    assert sandbox.layout.code_gpa <= ei.value.address < sandbox.layout.snapshot_size
 
 
 def test_execute_data_is_refused(sandbox):

@@ -282,7 +282,7 @@ def test_port_outside_the_io_bitmap_is_a_general_protection_fault(hostile, varia
     with pytest.raises(hl.GuestFault, match=r"#GP general protection") as ei:
         hostile.call("PortIo", variant)
     assert ei.value.vector == 13, what
-    assert hostile.layout.code_gpa <= ei.value.rip < hostile.layout.input_gpa
+    assert hostile.layout.code_gpa <= ei.value.rip < hostile.layout.snapshot_size
     assert_poisoned(hostile)
 
 
@@ -294,7 +294,7 @@ def test_allowed_port_used_the_wrong_way(hostile, variant, match):
     with pytest.raises(hl.GuestFault, match=match) as ei:
         hostile.call("PortIo", variant)
     assert ei.value.vector == -1
-    assert hostile.layout.code_gpa <= ei.value.rip < hostile.layout.input_gpa
+    assert hostile.layout.code_gpa <= ei.value.rip < hostile.layout.snapshot_size
     assert_poisoned(hostile)
 
 
@@ -341,7 +341,7 @@ def test_privileged_and_trapping_instructions(hostile, variant, vectors):
         hostile.call("Privileged", variant)
     assert not isinstance(ei.value, hl.MemoryAccessViolation)
     assert ei.value.vector in vectors
-    assert hostile.layout.code_gpa <= ei.value.rip < hostile.layout.input_gpa
+    assert hostile.layout.code_gpa <= ei.value.rip < hostile.layout.snapshot_size
     assert_poisoned(hostile)
 
 

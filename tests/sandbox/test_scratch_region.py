@@ -259,8 +259,9 @@ def test_peb(placed):
     L = placed.layout
     fields = struct.unpack("<17Q", placed.read_memory(L.peb_gpa, 17 * 8))
     base = expected_base(placed)
-    assert fields == (PEB_MAGIC, ABI_VERSION, base, 16 * KiB, base + 16 * KiB, 16 * KiB, base + 32 * KiB, MiB,
-                      base + SCRATCH_SIZE - PAGE, 256 * KiB, L.code_gpa, L.image_size,
+    top = base + SCRATCH_SIZE - PAGE  # the host page; below it output, input, then the stack
+    assert fields == (PEB_MAGIC, ABI_VERSION, top - 32 * KiB, 16 * KiB, top - 16 * KiB, 16 * KiB, base, MiB,
+                      top - 32 * KiB, 256 * KiB, L.code_gpa, L.image_size,
                       L.snapshot_size + SCRATCH_SIZE, base, SCRATCH_SIZE, base + SCRATCH_SIZE - 0x1000, 0)
     assert fields[0] == 0x0142455050424C48 and fields[1] == 2
     assert placed.read_memory(L.peb_gpa, 8) == b"HLBPPEB\x01"
