@@ -16,7 +16,7 @@ class HostFunction:
     def __init__(self, fn: Callable[..., Any], signature: Signature) -> None:
         self.fn = fn
         self.signature = signature
-        self.param_tags = tuple(int(t) for t in signature.params)
+        self.param_tags = tuple(map(int, signature.params))
         self.return_tag = int(signature.returns)
 
 
@@ -37,7 +37,7 @@ def signature_of(name: str, fn: Callable[..., Any], params: Optional[Iterable[An
                  returns: Any) -> Signature:
     """The signature from explicit params/returns, or from fn's type hints."""
     if params is not None:
-        ptypes = tuple(to_value_type(p) for p in params)
+        ptypes = tuple(map(to_value_type, params))
         rtype = to_value_type(returns)
     else:
         try:
@@ -61,7 +61,7 @@ def signature_of(name: str, fn: Callable[..., Any], params: Optional[Iterable[An
             rtype = _from_annotation(hints["return"], f"host function {name}, return")
         else:
             raise TypeError(f"host function {name}: no return annotation; annotate it or pass returns=")
-    if any(t == ValueType.VOID for t in ptypes):
+    if ValueType.VOID in ptypes:
         raise TypeError(f"host function {name}: a parameter cannot be void")
     if len(ptypes) > 255:
         raise TypeError(f"host function {name}: too many parameters")

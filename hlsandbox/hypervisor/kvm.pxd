@@ -57,6 +57,7 @@ cdef extern from "kvm_shim.h" nogil:
         kvm_sregs sregs
     int hl_save_state(int vcpu, hl_vcpu_state *s)
     int hl_load_state(int vcpu, kvm_run *run, const hl_vcpu_state *s, int sync, int what)
+    int hl_state_same_parts(const hl_vcpu_state *a, const hl_vcpu_state *b, int what)
     int hl_enable_dirty_ring(int vm_fd, uint32_t bytes)
     void hl_stage_registers(kvm_run *run, const hl_vcpu_state *s, uint64_t rip)
     const uint8_t *hl_state_fxsave(const hl_vcpu_state *s)
@@ -67,6 +68,19 @@ cdef extern from "kvm_shim.h" nogil:
     unsigned long KVM_RESET_DIRTY_RINGS
     int KVM_CAP_DIRTY_LOG_RING, KVM_EXIT_DIRTY_RING_FULL, KVM_DIRTY_LOG_PAGE_OFFSET, KVM_MEM_LOG_DIRTY_PAGES
     int hl_install_cancel_handler(int sig)
+
+cdef extern from "vm_setup.h" nogil:
+    struct hl_vm_setup:
+        int kvm_fd, vm_fd, nslots, flags
+        const kvm_userspace_memory_region *regions
+        size_t run_size, ring_bytes
+        int vcpu_fd
+        void *run
+        void *ring
+        const char *step
+        int err, failed_slot
+    int hl_setup_vm(hl_vm_setup *s)
+    int HL_SETUP_SERIAL
 
 
 
@@ -91,6 +105,7 @@ cdef class VirtualMachine:
     cdef size_t n_dirty, cap_dirty
     cdef readonly bint uses_dirty_ring
     cdef readonly bint sync_regs
+    cdef bint never_ran  # the vCPU still has its reset state (load_state skips what equals it)
 
     cdef int harvest_c(self) except -1
     cdef int _add_dirty(self, uint64_t page) except -1

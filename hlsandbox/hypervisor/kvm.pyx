@@ -46,12 +46,29 @@ LOAD_REGS, LOAD_SREGS, LOAD_FPU, LOAD_MSRS = 1, 2, 4, 8
 LOAD_ALL = 15
 
 DIRTY_RING_ENTRIES = 4096  # 64 KiB a vCPU; a fuller ring makes KVM exit and we harvest
+# HLSANDBOX_SERIAL_VM_SETUP=1: register memory slots before creating the vCPU, in line,
+# instead of on the helper thread of vm_setup.h (to measure what the overlap saves).
+cdef bint _serial_setup = os.environ.get("HLSANDBOX_SERIAL_VM_SETUP") == "1"
+
+
+def _set_serial_setup(bint serial) -> bool:
+    """Tests and benchmarks: choose the in-line VM setup (True) or the helper thread; returns
+    the previous choice."""
+    global _serial_setup
+    old = _serial_setup
+    _serial_setup = serial
+    return old
 
 import signal as _signal
 CANCEL_SIGNAL = _signal.SIGRTMIN + 2
 
 cdef int _kvm_fd = -1
 cdef int _run_size = 0
+# The FPU state and MSRs of a vCPU that has not run, read once per process: loading a
+# snapshot whose parts equal them into a new vCPU skips those vCPU ioctls (a CPL3 guest
+# cannot change MSRs, so amd64 snapshots never need KVM_SET_MSRS there).
+cdef hl_vcpu_state _reset_state
+cdef bint _have_reset_state = False
 _kvm_lock = threading.Lock()
 
 
@@ -137,27 +154,35 @@ cdef class VirtualMachine:
         """memory: an object exporting the guest memory buffer (kept alive), mapped at
         host_address. slots: (guest_physical_address, size, log_dirty, host_offset) tuples,
         at most 8."""
+        global _have_reset_state
         cdef int kfd = kvm_fd()
-        cdef kvm_userspace_memory_region region
+        cdef kvm_userspace_memory_region regions[8]
+        cdef hl_vm_setup setup
         cdef int i, rc
         cdef uint64_t gpa, size, host_offset, max_pages = 0
         self.memory = memory
         if len(slots) > 8:
             raise ValueError("at most 8 memory slots")
+        memset(regions, 0, sizeof(regions))
+        for i, (gpa, size, log, host_offset) in enumerate(slots):
+            if gpa % 4096 or size % 4096 or host_offset % 4096 or size == 0:
+                raise ValueError(f"slot {i} is not page aligned or empty")
+            self.slot_pages[i] = size // 4096
+            self.slot_host_page[i] = host_offset // 4096
+            self.slot_logged[i] = bool(log)
+            if log:
+                max_pages = max(max_pages, size // 4096)
+            regions[i].slot = i
+            regions[i].flags = KVM_MEM_LOG_DIRTY_PAGES if log else 0
+            regions[i].guest_phys_addr = gpa
+            regions[i].memory_size = size
+            regions[i].userspace_addr = host_address + host_offset
+        self.nslots = len(slots)
         self.vm_fd = ioctl(kfd, KVM_CREATE_VM, 0)
         if self.vm_fd < 0:
             raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
         try:
             self.sync_regs = ioctl(kfd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) > 0
-            self.nslots = len(slots)
-            for i, (gpa, size, log, host_offset) in enumerate(slots):
-                if gpa % 4096 or size % 4096 or host_offset % 4096 or size == 0:
-                    raise ValueError(f"slot {i} is not page aligned or empty")
-                self.slot_pages[i] = size // 4096
-                self.slot_host_page[i] = host_offset // 4096
-                self.slot_logged[i] = bool(log)
-                if log:
-                    max_pages = max(max_pages, size // 4096)
             if max_pages:
                 max_ring = ioctl(self.vm_fd, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING)
                 if max_ring >= DIRTY_RING_ENTRIES * 16 and os.environ.get("HLSANDBOX_DIRTY_BITMAP") != "1":
@@ -169,33 +194,36 @@ cdef class VirtualMachine:
                     self.bitmap = <uint64_t *>calloc((max_pages + 63) // 64 + 1, 8)
                     if self.bitmap == NULL:
                         raise MemoryError()
-            for i, (gpa, size, log, host_offset) in enumerate(slots):
-                memset(&region, 0, sizeof(region))
-                region.slot = i
-                region.flags = KVM_MEM_LOG_DIRTY_PAGES if log else 0
-                region.guest_phys_addr = gpa
-                region.memory_size = size
-                region.userspace_addr = host_address + host_offset
-                if ioctl(self.vm_fd, KVM_SET_USER_MEMORY_REGION, &region) < 0:
-                    raise OSError(errno, f"KVM_SET_USER_MEMORY_REGION (slot {i}, {size} bytes at {gpa:#x}): "
-                                         f"{os.strerror(errno)}")
-            self.vcpu_fd = ioctl(self.vm_fd, KVM_CREATE_VCPU, 0)
-            if self.vcpu_fd < 0:
-                raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(errno)}")
-            p = mmap(NULL, _run_size, PROT_READ | PROT_WRITE, MAP_SHARED, self.vcpu_fd, 0)
-            if p == MAP_FAILED:
-                raise OSError(errno, f"mmap of kvm_run failed: {os.strerror(errno)}")
-            self.run_ptr = <kvm_run *>p
-            if self.uses_dirty_ring:
-                p = mmap(NULL, DIRTY_RING_ENTRIES * 16, PROT_READ | PROT_WRITE, MAP_SHARED, self.vcpu_fd,
-                         KVM_DIRTY_LOG_PAGE_OFFSET * 4096)
-                if p == MAP_FAILED:
-                    raise OSError(errno, f"mmap of the dirty ring failed: {os.strerror(errno)}")
-                self.ring = <kvm_dirty_gfn *>p
+            memset(&setup, 0, sizeof(setup))
+            setup.kvm_fd = kfd
+            setup.vm_fd = self.vm_fd
+            setup.nslots = self.nslots
+            setup.regions = regions
+            setup.flags = HL_SETUP_SERIAL if _serial_setup else 0
+            setup.run_size = _run_size
+            setup.ring_bytes = DIRTY_RING_ENTRIES * 16 if self.uses_dirty_ring else 0
+            with nogil:  # vCPU creation and slot registration overlap (vm_setup.h)
+                rc = hl_setup_vm(&setup)
+            self.vcpu_fd = setup.vcpu_fd
+            if setup.run != MAP_FAILED:
+                self.run_ptr = <kvm_run *>setup.run
+            if setup.ring != MAP_FAILED:
+                self.ring = <kvm_dirty_gfn *>setup.ring
                 self.ring_entries = DIRTY_RING_ENTRIES
-            rc = hl_set_supported_cpuid(kfd, self.vcpu_fd)
             if rc < 0:
-                raise OSError(-rc, f"KVM_SET_CPUID2 failed: {os.strerror(-rc)}")
+                step = setup.step.decode()
+                if setup.failed_slot >= 0:
+                    gpa, size = slots[setup.failed_slot][0], slots[setup.failed_slot][1]
+                    step += f" (slot {setup.failed_slot}, {size} bytes at {gpa:#x})"
+                if step == "KVM_CREATE_VCPU":
+                    raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(setup.err)}")
+                raise OSError(setup.err, f"{step}: {os.strerror(setup.err)}")
+            self.never_ran = True
+            if not _have_reset_state:
+                rc = hl_save_state(self.vcpu_fd, &_reset_state)
+                if rc < 0:
+                    raise OSError(-rc, f"reading a new vCPU's state: {os.strerror(-rc)}")
+                _have_reset_state = True
         except BaseException:
             self._release()
             raise
@@ -363,6 +391,7 @@ cdef class VirtualMachine:
         cdef uint32_t reason
         cdef kvm_run *run = self.run_ptr
         cdef int fd = self.vcpu_fd
+        self.never_ran = False
         while True:
             with nogil:
                 rc = ioctl(fd, KVM_RUN, 0)
@@ -499,8 +528,10 @@ cdef class VirtualMachine:
         self._check()
         if state.shape[0] != sizeof(hl_vcpu_state):
             raise ValueError(f"vCPU state is {state.shape[0]} bytes, expected {sizeof(hl_vcpu_state)}")
-        cdef int rc = hl_load_state(self.vcpu_fd, self.run_ptr, <const hl_vcpu_state *>&state[0],
-                                    self.sync_regs, what)
+        cdef const hl_vcpu_state *st = <const hl_vcpu_state *>&state[0]
+        if self.never_ran and _have_reset_state:
+            what &= ~hl_state_same_parts(st, &_reset_state, what)
+        cdef int rc = hl_load_state(self.vcpu_fd, self.run_ptr, st, self.sync_regs, what)
         if rc < 0:
             raise OSError(-rc, f"loading the vCPU state: {os.strerror(-rc)}")
 

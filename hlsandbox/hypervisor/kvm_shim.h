@@ -4,6 +4,7 @@
 #define HL_KVM_SHIM_H
 #include <errno.h>
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,24 +28,29 @@ static inline struct kvm_regs *hl_sync_regs(struct kvm_run *r) { return &r->s.re
 static inline struct kvm_sregs *hl_sync_sregs(struct kvm_run *r) { return &r->s.regs.sregs; }
 
 /* KVM_GET_SUPPORTED_CPUID on the system fd (once per process: it costs ~370 us on
- * kvm-pvm), then KVM_SET_CPUID2 on the vCPU: without it guest physical addresses
- * stop at 36 bits on kvm-pvm. Callers hold the GIL, which serialises the cache fill. */
+ * kvm-pvm), then KVM_SET_CPUID2 on the vCPU: the guest's view of the CPU on hardware
+ * KVM, and on kvm-pvm what lets guest physical addresses pass 36 bits and KVM_GET_XSAVE
+ * carry AVX state. Runs without the GIL: a mutex guards the cache fill. */
 static struct kvm_cpuid2 *hl_supported_cpuid;
+static pthread_mutex_t hl_cpuid_lock = PTHREAD_MUTEX_INITIALIZER;
 static inline int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd) {
-  int nent = 128, rc;
+  int nent = 128, rc = 0;
+  pthread_mutex_lock(&hl_cpuid_lock);
   while (!hl_supported_cpuid) {
     struct kvm_cpuid2 *c = calloc(1, sizeof *c + (size_t)nent * sizeof(struct kvm_cpuid_entry2));
-    if (!c) return -ENOMEM;
+    if (!c) { rc = -ENOMEM; break; }
     c->nent = nent;
-    rc = ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c);
-    if (rc < 0) {
+    if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) < 0) {
       int err = errno;
       free(c);
       if (err == E2BIG && nent < 4096) { nent *= 2; continue; }
-      return -err;
+      rc = -err;
+      break;
     }
     hl_supported_cpuid = c;
   }
+  pthread_mutex_unlock(&hl_cpuid_lock);
+  if (rc < 0) return rc;
   return ioctl(vcpu_fd, KVM_SET_CPUID2, hl_supported_cpuid) < 0 ? -errno : 0;
 }
 
@@ -58,7 +64,6 @@ static inline int hl_install_cancel_handler(int sig) {
   sigemptyset(&sa.sa_mask);
   return sigaction(sig, &sa, 0);
 }
-#endif
 
 /* ---- vCPU state for snapshots ------------------------------------------- */
 
@@ -131,6 +136,17 @@ static inline int hl_load_state(int vcpu, struct kvm_run *run, const struct hl_v
   return 0;
 }
 
+/* Which of the FPU and MSR parts (HL_LOAD_FPU, HL_LOAD_MSRS) of `what` hold the same
+ * values in a and b: loading those into a vCPU that already has them changes nothing. */
+static inline int hl_state_same_parts(const struct hl_vcpu_state *a, const struct hl_vcpu_state *b, int what) {
+  int same = 0;
+  if ((what & HL_LOAD_FPU) && !memcmp(&a->xsave, &b->xsave, sizeof a->xsave)) same |= HL_LOAD_FPU;
+  if ((what & HL_LOAD_MSRS) && a->nmsrs == b->nmsrs && a->nmsrs <= HL_NMSRS &&
+      !memcmp(a->msrs, b->msrs, a->nmsrs * sizeof a->msrs[0]))
+    same |= HL_LOAD_MSRS;
+  return same;
+}
+
 /* The fast restore: stages the snapshot's general registers (RIP replaced by the
  * restore trampoline's address) and segment registers in kvm_run's sync area. */
 static inline void hl_stage_registers(struct kvm_run *run, const struct hl_vcpu_state *s, uint64_t rip) {
@@ -167,3 +183,4 @@ static inline int hl_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap) {
   d.dirty_bitmap = bitmap;
   return ioctl(vm_fd, KVM_GET_DIRTY_LOG, &d) < 0 ? -errno : 0;
 }
+#endif

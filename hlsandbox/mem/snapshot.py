@@ -116,6 +116,7 @@ class Snapshot:
         self.profile = layout.profile
         self.arch = ARCH
         self.image = SharedMemory.from_fd(fd, layout.total_size, offset, writable=False, shared=False)
+        self._derived = None  # what sandboxes from this snapshot share (sandbox/multi_use.py)
 
     # -- creation ----------------------------------------------------------------------------
 
@@ -263,6 +264,10 @@ class Snapshot:
         return snap
 
     # -- lifetime ----------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
 
     def close(self) -> None:
         """Releases the image; sandboxes created from it keep their own mappings."""

@@ -76,14 +76,14 @@ class MultiUseSandbox:
         self._vm = None
         self._memory = None
         self._path = None
-        self.config = config
+        self._config = config  # None: the snapshot's own sizes, built when first asked for
         self._host_functions = host_functions
         self._writer = writer
         self._counter = counter
         self._timed_out_generation = -1
         self._last_host_exception: Optional[BaseException] = None
-        self._max_time = config.max_execution_time
-        self._restore_after_call = config.restore_after_call
+        self._max_time = config.max_execution_time if config is not None else None
+        self._restore_after_call = config.restore_after_call if config is not None else False
         self._baseline: Optional[Snapshot] = None  # what the dirty pages are relative to
         self._init_snapshot: Optional[Snapshot] = None
         self._init_plan: Optional[RestorePlan] = None
@@ -92,14 +92,25 @@ class MultiUseSandbox:
         self.layout = layout
         return self
 
-    def _attach(self, memory: SharedMemory) -> None:
+    @property
+    def config(self) -> SandboxConfiguration:
+        """The sandbox's configuration (for a sandbox from a snapshot without one: the
+        snapshot's sizes and the defaults)."""
+        if self._config is None:
+            L = self.layout
+            self._config = SandboxConfiguration(heap_size=L.heap_size, stack_size=L.stack_size,
+                                                input_data_size=L.input_size, output_data_size=L.output_size,
+                                                scratch_base_gpa=L.scratch_gpa, profile=L.profile)
+        return self._config
+
+    def _attach(self, memory: SharedMemory, slots: Optional[list] = None) -> None:
         """Builds the VM over guest memory: buffers, slots, the call path."""
         L = self.layout
         self._memory = memory
         base = memory.address
         self._input = RecordStack(memory, base + L.host(L.input_gpa), L.input_size, "input")
         self._output = RecordStack(memory, base + L.host(L.output_gpa), L.output_size, "output")
-        self._vm = kvm.VirtualMachine(memory, base, L.slots())
+        self._vm = kvm.VirtualMachine(memory, base, slots or L.slots())
         self._path = CallPath(self._vm, self._input, self._output, self._serve)
         self._closed = False
         if self._counter is not None:
@@ -114,15 +125,8 @@ class MultiUseSandbox:
         self.functions: Mapping[str, Signature] = types.MappingProxyType(
             {n: f.signature for n, f in self._functions.items()})
 
-    def _set_functions_from(self, snap: Snapshot) -> None:
-        """The snapshot's guest functions; built once per snapshot and shared (read-only)."""
-        cached = getattr(snap, "_function_cache", None)
-        if cached is None:
-            self._set_functions([(g.name, tuple(int(p) for p in g.params), int(g.returns))
-                                 for g in snap.guest_functions])
-            snap._function_cache = (self._functions, self.functions)
-        else:
-            self._functions, self.functions = cached
+    def _set_functions_from(self, derived: "_SnapshotDerived") -> None:
+        self._functions, self.functions = derived.functions, derived.function_view
 
     @classmethod
     def _create(cls, binary: GuestBinary, config: SandboxConfiguration, host_functions: HostFunctionRegistry,
@@ -163,48 +167,38 @@ class MultiUseSandbox:
     def from_snapshot(cls, snapshot: Union[Snapshot, str, os.PathLike],
                       config: Optional[SandboxConfiguration] = None, *,
                       host_functions: Optional[Mapping[str, Any]] = None, writer: Any = None) -> "MultiUseSandbox":
-        """A running sandbox in the state of `snapshot` (a Snapshot or a snapshot file),
-        without running the guest's initialisation again.
+        """A running sandbox in the state of `snapshot` (a Snapshot or the path of a snapshot
+        file), without running the guest's initialisation again.
 
         Guest memory maps the snapshot copy-on-write, so sandboxes from one snapshot share
         its pages until they write them. `host_functions` maps names to callables (typed by
         their hints) or to (fn, params, returns); every host function the snapshot was taken
-        with must be given. `config` may change time limits; its sizes must match the snapshot."""
-        from .uninitialized import UninitializedSandbox
-        u = UninitializedSandbox(snapshot, config, writer=writer)
-        for name, spec in (host_functions or {}).items():
-            if isinstance(spec, tuple):
-                u.register(name, *spec)
-            else:
-                u.register(name, spec)
-        return u.evolve()
+        with must be given (raw host functions and a GuestCounter need UninitializedSandbox).
+        `config` may change time limits; its sizes must match the snapshot."""
+        if config is not None and not isinstance(config, SandboxConfiguration):
+            raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
+        snap = snapshot if isinstance(snapshot, Snapshot) else Snapshot.load(snapshot)
+        return cls._restored(snap, config, _SnapshotDerived.of(snap).registry_for(snap, host_functions), writer)
 
     @classmethod
     def _restored(cls, snap: Snapshot, config: Optional[SandboxConfiguration],
                   host_functions: HostFunctionRegistry, writer: Any,
                   counter: Optional[GuestCounter] = None) -> "MultiUseSandbox":
+        if not isinstance(snap, Snapshot) or snap.closed:
+            raise ValueError("the snapshot is closed")
         L = snap.layout
-        if config is None:
-            config = SandboxConfiguration(heap_size=L.heap_size, stack_size=L.stack_size,
-                                          input_data_size=L.input_size, output_data_size=L.output_size,
-                                          scratch_base_gpa=L.scratch_gpa, profile=L.profile)
-        sizes = {"heap_size": L.heap_size, "stack_size": L.stack_size, "input_data_size": L.input_size,
-                 "output_data_size": L.output_size}
-        if config.scratch_base_gpa is not None:
-            sizes["scratch_base_gpa"] = L.scratch_gpa
-        if config.profile is not None:
-            sizes["profile"] = L.profile
-        wrong = [f"{k}={getattr(config, k)} (snapshot: {v})" for k, v in sizes.items() if getattr(config, k) != v]
-        if wrong:
-            raise SnapshotMismatch(f"configuration does not match the snapshot's layout: {', '.join(wrong)}")
-        _check_host_functions(snap, host_functions)
+        if config is not None:
+            _check_config(config, L)
+        derived = _SnapshotDerived.of(snap)
+        if host_functions is not derived.checked_registry:
+            _check_host_functions(snap, host_functions)
         self = cls._new(config, host_functions, writer, L, counter)
-        self._set_copy_ranges(snap.copy_ranges)
+        self._copy_ranges, self._restore_ranges = snap.copy_ranges, derived.restore_ranges
         try:
-            self._attach(snap.map_private())
+            self._attach(snap.map_private(), derived.slots)
             self._vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
             self._pending, self._pending_generation = snap, self._vm.generation
-            self._set_functions_from(snap)
+            self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
             self._init_plan = self._plan_for(snap)
         except BaseException:
@@ -522,6 +516,63 @@ def layout_for(image: Any, config: SandboxConfiguration) -> SandboxMemoryLayout:
     return SandboxMemoryLayout(image, config.heap_size, config.stack_size, config.input_data_size,
                                config.output_data_size, scratch_base=config.scratch_base_gpa,
                                profile=config.profile)
+
+
+class _SnapshotDerived:
+    """What every sandbox created from one snapshot shares, computed once per snapshot:
+    its KVM slots, the ranges a restore copies whole and its guest function table
+    (all read-only)."""
+
+    __slots__ = ("slots", "restore_ranges", "functions", "function_view", "checked_registry", "_spec")
+
+    def __init__(self, snap: Snapshot) -> None:
+        L = snap.layout
+        self.slots = L.slots()
+        ranges = np.array(list(snap.copy_ranges) + L.copied_ranges(), dtype=np.uint64)
+        ranges.flags.writeable = False
+        self.restore_ranges = ranges
+        self.functions = {g.name: _GuestFunction(g.name, tuple(int(p) for p in g.params), int(g.returns))
+                          for g in snap.guest_functions}
+        self.function_view = types.MappingProxyType({n: f.signature for n, f in self.functions.items()})
+        # The registry from_snapshot() built last, and from what: sandboxes created with the
+        # same host functions share it (a from_snapshot registry is never changed).
+        self.checked_registry: Optional[HostFunctionRegistry] = None
+        self._spec: Optional[tuple] = None
+
+    def registry_for(self, snap: Snapshot, host_functions: Optional[Mapping[str, Any]]) -> HostFunctionRegistry:
+        """The registry of from_snapshot()'s `host_functions`, checked against `snap`."""
+        spec = tuple((host_functions or {}).items())
+        if spec == self._spec and self.checked_registry is not None:
+            return self.checked_registry
+        registry = HostFunctionRegistry()
+        for name, fn in spec:
+            if isinstance(fn, tuple):
+                registry.register(name, *fn)
+            else:
+                registry.register(name, fn)
+        _check_host_functions(snap, registry)
+        self.checked_registry, self._spec = registry, spec
+        return registry
+
+    @staticmethod
+    def of(snap: Snapshot) -> "_SnapshotDerived":
+        derived = snap._derived
+        if derived is None:
+            derived = snap._derived = _SnapshotDerived(snap)
+        return derived
+
+
+def _check_config(config: SandboxConfiguration, L: SandboxMemoryLayout) -> None:
+    """A configuration given with a snapshot may change limits, not the layout."""
+    sizes = {"heap_size": L.heap_size, "stack_size": L.stack_size, "input_data_size": L.input_size,
+             "output_data_size": L.output_size}
+    if config.scratch_base_gpa is not None:
+        sizes["scratch_base_gpa"] = L.scratch_gpa
+    if config.profile is not None:
+        sizes["profile"] = L.profile
+    wrong = [f"{k}={getattr(config, k)} (snapshot: {v})" for k, v in sizes.items() if getattr(config, k) != v]
+    if wrong:
+        raise SnapshotMismatch(f"configuration does not match the snapshot's layout: {', '.join(wrong)}")
 
 
 def _check_host_functions(snap: Snapshot, registry: HostFunctionRegistry) -> None:

@@ -244,6 +244,56 @@ def test_from_snapshot_config_must_match(sandbox):
             sb.call("Spin")
 
 
+def test_from_snapshot_file_with_any_name(tmp_path, sandbox):
+    sandbox.call("SetStatic", 31)
+    path = tmp_path / "warm.snapshot"  # from_snapshot() takes any path as a snapshot file
+    sandbox.snapshot().save(path)
+    with hl.MultiUseSandbox.from_snapshot(path, host_functions=HOST) as sb:
+        assert sb.call("GetStatic") == 31
+    with pytest.raises(hl.InvalidSnapshot, match="cannot open snapshot"):
+        hl.MultiUseSandbox.from_snapshot(tmp_path / "missing.snapshot", host_functions=HOST)
+
+
+def test_from_snapshot_rejects_bad_arguments(sandbox):
+    snap = sandbox.snapshot()
+    with pytest.raises(TypeError, match="config must be a SandboxConfiguration"):
+        hl.MultiUseSandbox.from_snapshot(snap, {"heap_size": "1Mi"}, host_functions=HOST)
+    closed = sandbox.snapshot()
+    closed.close()
+    assert closed.closed and not snap.closed
+    with pytest.raises(ValueError, match="the snapshot is closed"):
+        hl.MultiUseSandbox.from_snapshot(closed, host_functions=HOST)
+
+
+def test_from_snapshot_config_is_the_snapshots(sandbox):
+    with hl.MultiUseSandbox.from_snapshot(sandbox.snapshot(), host_functions=HOST) as sb:
+        c, L = sb.config, sandbox.layout
+        assert (c.heap_size, c.stack_size, c.input_data_size, c.output_data_size, c.scratch_base_gpa, c.profile) == \
+            (L.heap_size, L.stack_size, L.input_size, L.output_size, L.scratch_gpa, "amd64")
+        assert c.max_execution_time is None and not c.restore_after_call
+
+
+def test_from_snapshot_host_functions_are_the_ones_given(sandbox):
+    # Sandboxes from one snapshot share the checked registry while the host functions stay
+    # the same; different ones are registered and checked afresh.
+    snap = sandbox.snapshot()
+    mul = {"HostAdd": (lambda a, b: a * b, (hl.i32, hl.i32), hl.i32)}
+    with hl.MultiUseSandbox.from_snapshot(snap, host_functions=HOST) as a, \
+            hl.MultiUseSandbox.from_snapshot(snap, host_functions=dict(HOST)) as b, \
+            hl.MultiUseSandbox.from_snapshot(snap, host_functions=mul) as c:
+        assert a.call("CallHostAdd", 3, 4) == b.call("CallHostAdd", 3, 4) == 7
+        assert a._host_functions is b._host_functions
+        assert c.call("CallHostAdd", 3, 4) == 12
+        with hl.MultiUseSandbox.from_snapshot(snap, host_functions=HOST) as d:
+            assert d.call("CallHostAdd", 3, 4) == 7
+    wrong = {"HostAdd": (lambda a, b: a + b, (hl.i64, hl.i64), hl.i64)}
+    for _ in range(2):  # a mismatch is not remembered as checked
+        with pytest.raises(hl.SnapshotMismatch, match="HostAdd is registered as HostAdd"):
+            hl.MultiUseSandbox.from_snapshot(snap, host_functions=wrong)
+    with pytest.raises(hl.SnapshotMismatch, match="is not registered"):
+        hl.MultiUseSandbox.from_snapshot(snap)
+
+
 def test_file_is_never_modified(tmp_path, sandbox):
     path = tmp_path / "ro.hlsnap"
     sandbox.snapshot().save(path)
