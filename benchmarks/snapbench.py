@@ -282,6 +282,7 @@ def floor_specs(counts: "Counts", resident: dict[str, Optional[int]], copied: Op
     specs.append(f"call_restore:log=none:iters={counts.call}{cb}:label=call_restore_plain")
     specs.append(f"vm_create:iters={counts.from_snapshot}:label=vm_create")
     specs.append(f"vm_create:slots=3:ring=1:state=1:iters={counts.from_snapshot}:label=vm_create_hl")
+    specs.append(f"vm_create:slots=3:ring=1:state=1:par=1:iters={counts.from_snapshot}:label=vm_create_hl_par")
     return specs
 
 
@@ -305,26 +306,56 @@ class Counts:
         return Counts(**{k: max(1, round(v * f)) for k, v in vars(self).items()})
 
 
-def measure_hl(sbx: Sandboxes, counts: Counts) -> dict[str, list[float]]:
-    """Every hlsandbox figure once: {figure: samples_us}. Names as in ROWS."""
+# The figure groups (as in ROWS); each group's floor figures start with these labels.
+GROUPS = {
+    "snapshot by size": ("snapshot_create[", "call_restore["),
+    f"dirty pages ({DIRTY_HEAP} heap)": ("dirty[", "dirty_bitmap["),
+    "heap size": ("dirty10[",),
+    "call with restore": ("call_restore_plain",),
+    "sandbox creation": ("vm_create",),
+}
+GROUP_KEYS = {"snapshot": "snapshot by size", "dirty": f"dirty pages ({DIRTY_HEAP} heap)", "heap": "heap size",
+              "call": "call with restore", "creation": "sandbox creation"}
+
+
+def spec_label(spec: str) -> str:
+    return spec.rsplit(":label=", 1)[1].split(":")[0]
+
+
+def specs_of(specs: list[str], groups: "Optional[set[str]]") -> list[str]:
+    """The floor specs of `groups` (all if None)."""
+    if groups is None:
+        return specs
+    prefixes = tuple(p for g in groups for p in GROUPS[g])
+    return [s for s in specs if spec_label(s).startswith(prefixes)]
+
+
+def measure_hl(sbx: Sandboxes, counts: Counts, groups: Optional[set[str]] = None) -> dict[str, list[float]]:
+    """Every hlsandbox figure of `groups` (all if None) once: {figure: samples_us}. Names as in ROWS."""
     out: dict[str, list[float]] = {}
-    for name, _ in SIZES:
-        out[f"snapshot[{name}]"] = sbx.snapshot(name, counts.snapshot)
-        out[f"restore[{name}]"] = sbx.restore_by_size(name, counts.restore)
-    for c in DIRTY_COUNTS:
-        out[f"restore_dirty[{c}]"] = sbx.restore_dirty(c, counts.dirty(c))
-        out[f"call_restore_dirty[{c}]"] = sbx.call_restore_dirty(c, counts.dirty(c))
-    if sbx.bitmap is not None:
-        out["restore_dirty_bitmap[10]"] = sbx.restore_dirty(10, counts.dirty(10), bitmap=True)
-    for h in HEAPS_COMPARED:
-        out[f"restore_dirty10[{h}]"] = sbx.restore_dirty_heap(h, counts.heap)
-    out["GetStatic(restore=True)"] = sbx.call_restore_static(counts.call)
-    out["WritePages10(restore=True)"] = sbx.call_restore_pages(counts.call // 2)
-    cold = sbx.creation(counts.evolve, cold=True)
-    warm = sbx.creation(counts.from_snapshot, cold=False)
-    out["evolve"], out["evolve+call"], out["evolve.close"] = cold["create"], cold["create+call"], cold["close"]
-    out["from_snapshot"], out["from_snapshot+call"], out["from_snapshot.close"] = (
-        warm["create"], warm["create+call"], warm["close"])
+    every = groups is None
+    if every or "snapshot by size" in groups:
+        for name, _ in SIZES:
+            out[f"snapshot[{name}]"] = sbx.snapshot(name, counts.snapshot)
+            out[f"restore[{name}]"] = sbx.restore_by_size(name, counts.restore)
+    if every or GROUP_KEYS["dirty"] in groups:
+        for c in DIRTY_COUNTS:
+            out[f"restore_dirty[{c}]"] = sbx.restore_dirty(c, counts.dirty(c))
+            out[f"call_restore_dirty[{c}]"] = sbx.call_restore_dirty(c, counts.dirty(c))
+        if sbx.bitmap is not None:
+            out["restore_dirty_bitmap[10]"] = sbx.restore_dirty(10, counts.dirty(10), bitmap=True)
+    if every or "heap size" in groups:
+        for h in HEAPS_COMPARED:
+            out[f"restore_dirty10[{h}]"] = sbx.restore_dirty_heap(h, counts.heap)
+    if every or "call with restore" in groups:
+        out["GetStatic(restore=True)"] = sbx.call_restore_static(counts.call)
+        out["WritePages10(restore=True)"] = sbx.call_restore_pages(counts.call // 2)
+    if every or "sandbox creation" in groups:
+        cold = sbx.creation(counts.evolve, cold=True)
+        warm = sbx.creation(counts.from_snapshot, cold=False)
+        out["evolve"], out["evolve+call"], out["evolve.close"] = cold["create"], cold["create+call"], cold["close"]
+        out["from_snapshot"], out["from_snapshot+call"], out["from_snapshot.close"] = (
+            warm["create"], warm["create+call"], warm["close"])
     return out
 
 
@@ -360,6 +391,8 @@ ROWS += [
     ("sandbox creation", "from_snapshot+call", "vm_create", 1.3, "the same plus the first call"),
     ("sandbox creation", "from_snapshot+call", "vm_create_hl", None,
      "vs a floor with hlsandbox's 3 slots, dirty ring, XSAVE+MSRs"),
+    ("sandbox creation", "from_snapshot+call", "vm_create_hl_par", None,
+     "the same floor, set up on two threads as hlsandbox does"),
     ("sandbox creation", "from_snapshot.close", "vm_create.teardown", None, "close() of a from_snapshot sandbox"),
     ("sandbox creation", "evolve.close", "vm_create.teardown", None, "close() of an evolved sandbox"),
 ]

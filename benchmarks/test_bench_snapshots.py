@@ -203,29 +203,16 @@ def test_close(benchmark, sbx, record):
 
 # ---- the floor (snapfloor.c), one process per group of figures ---------------------------------
 
-_GROUPS = {
-    "snapshot by size": ("snapshot_create[", "call_restore["),
-    "dirty pages": ("dirty[", "dirty_bitmap["),
-    "heap size": ("dirty10[",),
-    "call with restore": ("call_restore_plain",),
-    "sandbox creation": ("vm_create",),
-}
-
-
-def _label(spec: str) -> str:
-    return spec.rsplit(":label=", 1)[1].split(":")[0]
-
-
 @pytest.fixture(scope="session")
 def snap_exe(kvm):
     return floor.build_snap()
 
 
 @pytest.mark.benchmark(group="floor snapshots (process runs; figures in extra_info)")
-@pytest.mark.parametrize("group", list(_GROUPS))
+@pytest.mark.parametrize("group", list(snapbench.GROUPS))
 def test_floor_snapshots(benchmark, sbx, snap_exe, record, group):
     resident = {name: sbx.resident(name) for name, _ in SIZES}
-    specs = [s for s in snapbench.floor_specs(COUNTS, resident, sbx.copied()) if _label(s).startswith(_GROUPS[group])]
+    specs = snapbench.specs_of(snapbench.floor_specs(COUNTS, resident, sbx.copied()), {group})
     runs = []
     benchmark.pedantic(lambda: runs.append(floor.run_snap(specs, exe=snap_exe)), rounds=1, iterations=1)
     res = runs[-1]

@@ -32,7 +32,7 @@ SOURCE = Path(__file__).resolve().parent / "floor.c"
 # The snapshot floors (call + restore, snapshot capture, VM creation): see its
 # header comment, run_snap() and ../README.md.
 SNAP_SOURCE = Path(__file__).resolve().parent / "snapfloor.c"
-CFLAGS = ("-O2", "-Wall", "-Wextra")
+CFLAGS = ("-O2", "-Wall", "-Wextra", "-pthread")
 FIGURES = ("exit_roundtrip", "host_call_roundtrip", "sum_c")
 
 # n for the guest's Sum and for sum_c in the benchmarks (pytest and

@@ -72,6 +72,9 @@
  *       ring=1     enable the dirty ring, log the middle slot (needs slots=3)
  *       state=1    also KVM_SET_XSAVE and KVM_SET_MSRS, as hlsandbox's
  *                  load_state does
+ *       par=1      register the slots, then set the CPUID, on a second thread
+ *                  while the main thread creates the vCPU and maps kvm_run and
+ *                  the ring, as hlsandbox does (needs slots=3)
  *     Prints LABEL and LABEL.teardown.
  *
  * Output, one line a figure: `name median_us p10_us p90_us iterations`, and
@@ -80,11 +83,13 @@
  * exit, or a guest/restore result that is wrong (every iteration is checked,
  * outside the timed window).
  *
- * Build: gcc -O2 -o snapfloor snapfloor.c (no dependencies beyond linux/kvm.h). */
+ * Build: gcc -O2 -pthread -o snapfloor snapfloor.c (no dependencies beyond linux/kvm.h). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <linux/kvm.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -93,6 +98,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -331,20 +337,10 @@ static void add_slot(struct vm *v, int slot, uint64_t gpa, uint64_t size, int lo
   CHECK(ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &r), "KVM_SET_USER_MEMORY_REGION");
 }
 
-/* Creates the VM, slots and vCPU over v->mem (already mapped and built).
- * nslots 1: one slot; 3: [0, heap) + [heap, stack top - 16 KiB) + the top
- * 16 KiB, the middle one logging dirty pages when log != LOG_NONE. */
-static void vm_setup(struct vm *v) {
+/* The slots over v->mem. nslots 1: one slot; 3: [0, heap) + [heap, stack top -
+ * 16 KiB) + the top 16 KiB, the middle one logging dirty pages when log != LOG_NONE. */
+static void add_slots(struct vm *v) {
   const struct layout *L = &v->L;
-  v->vm = ioctl(g_kvm, KVM_CREATE_VM, 0);
-  CHECK(v->vm, "KVM_CREATE_VM");
-  if (v->log == LOG_RING) {
-    int max = ioctl(v->vm, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING);
-    if (max < RING_ENTRIES * (int)sizeof(struct kvm_dirty_gfn)) fail("KVM dirty ring unavailable (max %d)", max);
-    struct kvm_enable_cap cap = {.cap = KVM_CAP_DIRTY_LOG_RING};
-    cap.args[0] = RING_ENTRIES * sizeof(struct kvm_dirty_gfn);
-    CHECK(ioctl(v->vm, KVM_ENABLE_CAP, &cap), "KVM_ENABLE_CAP(DIRTY_LOG_RING)");
-  }
   if (v->nslots == 1) {
     add_slot(v, 0, 0, L->total, 0);
   } else {
@@ -354,8 +350,59 @@ static void vm_setup(struct vm *v) {
     add_slot(v, 2, split, STACK_COPY, 0);
     v->slot_pages = (split - L->heap_gpa) / PAGE;
   }
+}
+
+/* par=1: a second thread registers the slots, then sets the CPUID of the vCPU the
+ * main thread creates meanwhile, as hlsandbox's VM set-up does (vm_setup.h). */
+static struct {
+  struct vm *v;
+  uint32_t go, vcpu_ready, done; /* futex words */
+} g_par;
+static void futex_wait(uint32_t *w, uint32_t val) { syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, val, 0, 0, 0); }
+static void futex_wake(uint32_t *w) { syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0); }
+static void *par_helper(void *arg) {
+  (void)arg;
+  for (;;) {
+    while (!__atomic_load_n(&g_par.go, __ATOMIC_ACQUIRE)) futex_wait(&g_par.go, 0);
+    g_par.go = 0;
+    add_slots(g_par.v);
+    while (!__atomic_load_n(&g_par.vcpu_ready, __ATOMIC_ACQUIRE)) futex_wait(&g_par.vcpu_ready, 0);
+    g_par.vcpu_ready = 0;
+    CHECK(ioctl(g_par.v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
+    __atomic_store_n(&g_par.done, 1, __ATOMIC_RELEASE);
+    futex_wake(&g_par.done);
+  }
+  return 0;
+}
+static void par_post(uint32_t *w) {
+  __atomic_store_n(w, 1, __ATOMIC_RELEASE);
+  futex_wake(w);
+}
+
+/* Creates the VM, slots and vCPU over v->mem (already mapped and built); with par, on
+ * two threads (the helper thread is started on first use). */
+static void vm_setup_par(struct vm *v, int par) {
+  static pthread_t helper;
+  v->vm = ioctl(g_kvm, KVM_CREATE_VM, 0);
+  CHECK(v->vm, "KVM_CREATE_VM");
+  if (v->log == LOG_RING) {
+    int max = ioctl(v->vm, KVM_CHECK_EXTENSION, KVM_CAP_DIRTY_LOG_RING);
+    if (max < RING_ENTRIES * (int)sizeof(struct kvm_dirty_gfn)) fail("KVM dirty ring unavailable (max %d)", max);
+    struct kvm_enable_cap cap = {.cap = KVM_CAP_DIRTY_LOG_RING};
+    cap.args[0] = RING_ENTRIES * sizeof(struct kvm_dirty_gfn);
+    CHECK(ioctl(v->vm, KVM_ENABLE_CAP, &cap), "KVM_ENABLE_CAP(DIRTY_LOG_RING)");
+  }
+  if (par) {
+    if (!helper && pthread_create(&helper, 0, par_helper, 0)) fail("pthread_create failed");
+    g_par.v = v;
+    g_par.done = 0;
+    par_post(&g_par.go);
+  } else {
+    add_slots(v);
+  }
   v->cpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
   CHECK(v->cpu, "KVM_CREATE_VCPU");
+  if (par) par_post(&g_par.vcpu_ready);
   v->run = mmap(0, g_run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->cpu, 0);
   if (v->run == MAP_FAILED) fail("mmap kvm_run: %s", strerror(errno));
   if (v->log == LOG_RING) {
@@ -363,8 +410,13 @@ static void vm_setup(struct vm *v) {
                    KVM_DIRTY_LOG_PAGE_OFFSET * PAGE);
     if (v->ring == MAP_FAILED) fail("mmap dirty ring: %s", strerror(errno));
   }
-  CHECK(ioctl(v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
+  if (par) {
+    while (!__atomic_load_n(&g_par.done, __ATOMIC_ACQUIRE)) futex_wait(&g_par.done, 0);
+  } else {
+    CHECK(ioctl(v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
+  }
 }
+static void vm_setup(struct vm *v) { vm_setup_par(v, 0); }
 
 static void initial_sregs(struct kvm_sregs *s) {
   s->cr0 = 0x80010033;
@@ -534,7 +586,7 @@ static void image_free(struct image *im) {
 struct spec {
   char kind[32], label[96];
   uint64_t heap, n, resident, copy_bytes;
-  int iters, copy, sregs, tramp, slots, ring, state;
+  int iters, copy, sregs, tramp, slots, ring, state, par;
   enum logmode log;
 };
 
@@ -578,6 +630,7 @@ static struct spec parse_spec(const char *text, int iterations) {
     else if (!strcmp(k, "slots")) sp.slots = (int)parse_size(val, "slots");
     else if (!strcmp(k, "ring")) sp.ring = (int)parse_size(val, "ring");
     else if (!strcmp(k, "state")) sp.state = (int)parse_size(val, "state");
+    else if (!strcmp(k, "par")) sp.par = (int)parse_size(val, "par");
     else if (!strcmp(k, "log")) {
       if (!strcmp(val, "ring")) sp.log = LOG_RING;
       else if (!strcmp(val, "bitmap")) sp.log = LOG_BITMAP;
@@ -596,6 +649,7 @@ static struct spec parse_spec(const char *text, int iterations) {
   if (!strcmp(sp.kind, "vm_create")) {
     if (sp.slots != 1 && sp.slots != 3) fail("slots must be 1 or 3");
     if (sp.ring && sp.slots != 3) fail("ring=1 needs slots=3");
+    if (sp.par && sp.slots != 3) fail("par=1 needs slots=3");
   }
   return sp;
 }
@@ -854,7 +908,7 @@ static void bench_vm_create(const struct spec *sp) {
     uint64_t t0 = now_ns();
     v.mem = mmap(0, L.total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, im.fd, 0);
     if (v.mem == MAP_FAILED) fail("mmap image: %s", strerror(errno));
-    vm_setup(&v);
+    vm_setup_par(&v, sp->par);
     CHECK(ioctl(v.cpu, KVM_SET_SREGS, &sregs), "KVM_SET_SREGS");
     regs.rax = rax;
     CHECK(ioctl(v.cpu, KVM_SET_REGS, &regs), "KVM_SET_REGS");

@@ -73,6 +73,8 @@ cdef extern from "vm_setup.h" nogil:
     struct hl_vm_setup:
         int kvm_fd, vm_fd, nslots, flags
         const kvm_userspace_memory_region *regions
+        const hl_vcpu_state *state
+        int parts
         size_t run_size, ring_bytes
         int vcpu_fd
         void *run

@@ -45,6 +45,10 @@ EXIT_OTHER = -8
 LOAD_REGS, LOAD_SREGS, LOAD_FPU, LOAD_MSRS = 1, 2, 4, 8
 LOAD_ALL = 15
 
+cdef enum:
+    HL_LOAD_REGS = 1
+    HL_LOAD_SREGS = 2
+    HL_LOAD_FPU_MSRS = 4 | 8
 DIRTY_RING_ENTRIES = 4096  # 64 KiB a vCPU; a fuller ring makes KVM exit and we harvest
 # HLSANDBOX_SERIAL_VM_SETUP=1: register memory slots before creating the vCPU, in line,
 # instead of on the helper thread of vm_setup.h (to measure what the overlap saves).
@@ -150,19 +154,25 @@ cdef class VirtualMachine:
         self.vcpu_fd = -1
         self.run_ptr = NULL
 
-    def __init__(self, memory, size_t host_address, slots):
+    def __init__(self, memory, size_t host_address, slots, const uint8_t[::1] initial_state=None):
         """memory: an object exporting the guest memory buffer (kept alive), mapped at
         host_address. slots: (guest_physical_address, size, log_dirty, host_offset) tuples,
-        at most 8."""
+        at most 8. initial_state: a state from save_state() to start from (as load_state()
+        with LOAD_ALL, its FPU state and MSRs loaded while the VM is set up)."""
         global _have_reset_state
         cdef int kfd = kvm_fd()
         cdef kvm_userspace_memory_region regions[8]
         cdef hl_vm_setup setup
         cdef int i, rc
         cdef uint64_t gpa, size, host_offset, max_pages = 0
+        cdef const hl_vcpu_state *state = NULL
         self.memory = memory
         if len(slots) > 8:
             raise ValueError("at most 8 memory slots")
+        if initial_state is not None:
+            if initial_state.shape[0] != sizeof(hl_vcpu_state):
+                raise ValueError(f"vCPU state is {initial_state.shape[0]} bytes, expected {sizeof(hl_vcpu_state)}")
+            state = <const hl_vcpu_state *>&initial_state[0]
         memset(regions, 0, sizeof(regions))
         for i, (gpa, size, log, host_offset) in enumerate(slots):
             if gpa % 4096 or size % 4096 or host_offset % 4096 or size == 0:
@@ -199,6 +209,10 @@ cdef class VirtualMachine:
             setup.vm_fd = self.vm_fd
             setup.nslots = self.nslots
             setup.regions = regions
+            setup.state = state
+            # The first VM of the process reads a new vCPU's state before loading anything.
+            setup.parts = 0 if state == NULL or not _have_reset_state else \
+                HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, &_reset_state, HL_LOAD_FPU_MSRS)
             setup.flags = HL_SETUP_SERIAL if _serial_setup else 0
             setup.run_size = _run_size
             setup.ring_bytes = DIRTY_RING_ENTRIES * 16 if self.uses_dirty_ring else 0
@@ -219,11 +233,18 @@ cdef class VirtualMachine:
                     raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(setup.err)}")
                 raise OSError(setup.err, f"{step}: {os.strerror(setup.err)}")
             self.never_ran = True
+            what = HL_LOAD_REGS | HL_LOAD_SREGS  # staged for the first run (sync regs: no ioctl)
             if not _have_reset_state:
                 rc = hl_save_state(self.vcpu_fd, &_reset_state)
                 if rc < 0:
                     raise OSError(-rc, f"reading a new vCPU's state: {os.strerror(-rc)}")
                 _have_reset_state = True
+                if state != NULL:
+                    what |= HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, &_reset_state, HL_LOAD_FPU_MSRS)
+            if state != NULL:
+                rc = hl_load_state(self.vcpu_fd, self.run_ptr, state, self.sync_regs, what)
+                if rc < 0:
+                    raise OSError(-rc, f"loading the vCPU state: {os.strerror(-rc)}")
         except BaseException:
             self._release()
             raise

@@ -4,7 +4,8 @@
  * (about 55 us, mostly idle waiting), KVM_CREATE_VCPU keeps a CPU busy for
  * about 210 us and KVM_SET_CPUID2 for about 60 us. A process-wide helper
  * thread registers the slots while the caller creates the vCPU, then sets the
- * new vCPU's CPUID while the caller maps its kvm_run and dirty ring: a
+ * new vCPU's CPUID (and loads a snapshot's FPU state and MSRs) while the caller
+ * maps its kvm_run and dirty ring: a
  * sandbox's three slots and its CPUID cost about what the vCPU alone costs.
  * The helper serves one VM at a time: a creation that finds it busy (another
  * thread is creating a VM) does everything itself, so concurrent creations
@@ -37,6 +38,9 @@ struct hl_slot_job {
   int failed;    /* index of the slot KVM refused, -1 if none */
   int err;       /* its errno */
   int cpuid_err; /* 0, or -errno of KVM_SET_CPUID2 */
+  const struct hl_vcpu_state *state; /* loaded after the CPUID: its `parts` (HL_LOAD_FPU, HL_LOAD_MSRS) */
+  int parts;
+  int state_err; /* 0, or -errno of loading them */
 };
 
 static inline void hl_futex_wait(uint32_t *word, uint32_t expected) {
@@ -56,11 +60,18 @@ static void hl_add_slots(struct hl_slot_job *j) {
   }
 }
 
-/* The helper's part: slots, then the CPUID of the vCPU the caller creates meanwhile. */
+/* The vCPU's CPUID, then the FPU state and MSRs to load (KVM checks XSAVE state against
+ * the CPUID's features, so the CPUID comes first). */
+static void hl_set_vcpu(struct hl_slot_job *j) {
+  j->cpuid_err = hl_set_supported_cpuid(j->kvm_fd, j->vcpu_fd);
+  if (j->cpuid_err == 0 && j->parts) j->state_err = hl_load_state(j->vcpu_fd, NULL, j->state, 0, j->parts);
+}
+
+/* The helper's part: slots, then the vCPU the caller creates meanwhile. */
 static void hl_run_job(struct hl_slot_job *j) {
   hl_add_slots(j);
   while (!__atomic_load_n(&j->vcpu_word, __ATOMIC_ACQUIRE)) hl_futex_wait(&j->vcpu_word, 0);
-  j->cpuid_err = j->vcpu_fd >= 0 && j->failed < 0 ? hl_set_supported_cpuid(j->kvm_fd, j->vcpu_fd) : 0;
+  if (j->vcpu_fd >= 0 && j->failed < 0) hl_set_vcpu(j);
 }
 
 enum { HL_HELPER_IDLE, HL_HELPER_POSTED, HL_HELPER_DONE };
@@ -133,6 +144,8 @@ static void hl_helper_wait(void) {
 struct hl_vm_setup {
   int kvm_fd, vm_fd, nslots, flags;
   const struct kvm_userspace_memory_region *regions;
+  const struct hl_vcpu_state *state; /* NULL, or a state whose `parts` to load */
+  int parts;
   size_t run_size, ring_bytes; /* ring_bytes 0: no dirty ring to map */
   int vcpu_fd;
   void *run, *ring;
@@ -141,9 +154,10 @@ struct hl_vm_setup {
 };
 
 /* Registers the slots and creates vCPU 0 (its kvm_run and dirty ring mapped, its CPUID
- * set), on two threads when the helper is free. Returns 0 or -1. */
+ * set, the state's parts loaded), on two threads when the helper is free. Returns 0 or -1. */
 static int hl_setup_vm(struct hl_vm_setup *s) {
-  struct hl_slot_job job = {s->kvm_fd, s->vm_fd, s->nslots, s->regions, 0, -1, -1, 0, 0};
+  struct hl_slot_job job = {s->kvm_fd, s->vm_fd, s->nslots, s->regions, 0, -1, -1, 0, 0,
+                            s->state, s->state ? s->parts : 0, 0};
   int helped = !(s->flags & HL_SETUP_SERIAL) && hl_helper_post(&job);
   s->vcpu_fd = -1;
   s->run = s->ring = MAP_FAILED;
@@ -159,8 +173,8 @@ static int hl_setup_vm(struct hl_vm_setup *s) {
     s->step = "KVM_CREATE_VCPU";
     s->err = errno;
   }
+  job.vcpu_fd = s->vcpu_fd;
   if (helped) { /* the helper sets the CPUID (or, without a vCPU, stops) */
-    job.vcpu_fd = s->vcpu_fd;
     __atomic_store_n(&job.vcpu_word, 1, __ATOMIC_RELEASE);
     hl_futex_wake(&job.vcpu_word);
   }
@@ -174,7 +188,7 @@ static int hl_setup_vm(struct hl_vm_setup *s) {
     s->step = "mmap of the dirty ring";
     s->err = errno;
   } else if (!helped) {
-    job.cpuid_err = hl_set_supported_cpuid(s->kvm_fd, s->vcpu_fd);
+    hl_set_vcpu(&job);
   }
   if (helped) hl_helper_wait(); /* always: the job lives on this stack */
   if (s->step) return -1;
@@ -182,6 +196,11 @@ static int hl_setup_vm(struct hl_vm_setup *s) {
   if (job.cpuid_err < 0) {
     s->step = "KVM_SET_CPUID2";
     s->err = -job.cpuid_err;
+    return -1;
+  }
+  if (job.state_err < 0) {
+    s->step = "loading the vCPU state";
+    s->err = -job.state_err;
     return -1;
   }
   return 0;

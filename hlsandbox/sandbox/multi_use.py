@@ -103,14 +103,15 @@ class MultiUseSandbox:
                                                 scratch_base_gpa=L.scratch_gpa, profile=L.profile)
         return self._config
 
-    def _attach(self, memory: SharedMemory, slots: Optional[list] = None) -> None:
-        """Builds the VM over guest memory: buffers, slots, the call path."""
+    def _attach(self, memory: SharedMemory, slots: Optional[list] = None, state: Optional[bytes] = None) -> None:
+        """Builds the VM over guest memory (its vCPU in `state`, if given): buffers, slots,
+        the call path."""
         L = self.layout
         self._memory = memory
         base = memory.address
         self._input = RecordStack(memory, base + L.host(L.input_gpa), L.input_size, "input")
         self._output = RecordStack(memory, base + L.host(L.output_gpa), L.output_size, "output")
-        self._vm = kvm.VirtualMachine(memory, base, slots or L.slots())
+        self._vm = kvm.VirtualMachine(memory, base, slots or L.slots(), state)
         self._path = CallPath(self._vm, self._input, self._output, self._serve)
         self._closed = False
         if self._counter is not None:
@@ -195,8 +196,7 @@ class MultiUseSandbox:
         self = cls._new(config, host_functions, writer, L, counter)
         self._copy_ranges, self._restore_ranges = snap.copy_ranges, derived.restore_ranges
         try:
-            self._attach(snap.map_private(), derived.slots)
-            self._vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
+            self._attach(snap.map_private(), derived.slots, snap.vcpu_state)
             self._pending, self._pending_generation = snap, self._vm.generation
             self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +155,42 @@ def test_new_vm_gets_the_snapshots_fpu_state_and_msrs(setup_mode, snap):
     finally:
         vm.close()
         mem.close()
+
+
+def test_a_vm_created_in_a_state_has_it(setup_mode, snap):
+    L = snap.layout
+    mem = snap.map_private()
+    vm = kvm.VirtualMachine(mem, mem.address, L.slots(), snap.vcpu_state)
+    try:
+        # FPU state and MSRs are in the vCPU; general and segment registers are staged in
+        # kvm_run for the first run (sandboxes from snapshots run from them: test_snapshots.py)
+        assert vm.save_state()[REGS_SREGS:] == snap.vcpu_state[REGS_SREGS:]
+        before = open_fds()
+        with pytest.raises(ValueError, match="vCPU state is 3 bytes, expected 4704"):
+            kvm.VirtualMachine(mem, mem.address, L.slots(), b"abc")
+        assert open_fds() == before
+    finally:
+        vm.close()
+        mem.close()
+
+
+def test_first_vm_of_a_process_from_a_snapshot_file(tmp_path, snap):
+    # The first VM of a process reads a new vCPU's state before loading the snapshot's.
+    path = tmp_path / "s.hlsnap"
+    snap.save(path)
+    code = f"""
+        import hlsandbox as hl
+        sb = hl.MultiUseSandbox.from_snapshot({str(path)!r},
+                                             host_functions={{"HostAdd": (lambda a, b: a + b, (hl.i32, hl.i32), hl.i32)}})
+        print(sb.call("GetStatic"), sb.call("CallHostAdd", 5, 6), sb.call("GetMxcsr"))
+        s2 = hl.MultiUseSandbox.from_snapshot(sb.snapshot(), host_functions={{"HostAdd": (lambda a, b: a + b, (hl.i32, hl.i32), hl.i32)}})
+        print(s2.call("GetStatic"))
+    """
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(root)), cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["77", "11", str(0x1F80), "77"]
 
 
 def test_msrs_that_differ_from_a_new_vcpus_are_loaded(snap):
