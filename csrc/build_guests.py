@@ -36,6 +36,7 @@ CFLAGS = [
     "-ffreestanding", "-fPIE", "-static-pie", "-nostdlib", "-nostartfiles",
     "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
     "-fstack-clash-protection", "-fno-plt",
+    "-fno-jump-tables",  # a switch's table would be one more .rodata page for a call to touch
     "-Wl,--no-dynamic-linker", "-Wl,-z,max-page-size=4096", "-Wl,-z,noexecstack",
     "-Wl,--build-id=none", "-Wl,-e,_start",
     "-I", "csrc/guest",

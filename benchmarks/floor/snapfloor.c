@@ -72,9 +72,9 @@
  *       ring=1     enable the dirty ring, log the middle slot (needs slots=3)
  *       state=1    also KVM_SET_XSAVE and KVM_SET_MSRS, as hlsandbox's
  *                  load_state does
- *       par=1      register the slots, then set the CPUID, on a second thread
- *                  while the main thread creates the vCPU and maps kvm_run and
- *                  the ring, as hlsandbox does (needs slots=3)
+ *       par=1      register the slots on a second thread while the main thread
+ *                  creates the vCPU, sets its CPUID and maps kvm_run and the
+ *                  ring, as hlsandbox does (needs slots=3)
  *     Prints LABEL and LABEL.teardown.
  *
  * Output, one line a figure: `name median_us p10_us p90_us iterations`, and
@@ -352,11 +352,12 @@ static void add_slots(struct vm *v) {
   }
 }
 
-/* par=1: a second thread registers the slots, then sets the CPUID of the vCPU the
- * main thread creates meanwhile, as hlsandbox's VM set-up does (vm_setup.h). */
+/* par=1: a second thread registers the slots while the main thread creates the
+ * vCPU, sets its CPUID and maps kvm_run and the ring, as hlsandbox's VM set-up
+ * does (vm_setup.h). */
 static struct {
   struct vm *v;
-  uint32_t go, vcpu_ready, done; /* futex words */
+  uint32_t go, done; /* futex words */
 } g_par;
 static void futex_wait(uint32_t *w, uint32_t val) { syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, val, 0, 0, 0); }
 static void futex_wake(uint32_t *w) { syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, 0, 0, 0); }
@@ -366,17 +367,10 @@ static void *par_helper(void *arg) {
     while (!__atomic_load_n(&g_par.go, __ATOMIC_ACQUIRE)) futex_wait(&g_par.go, 0);
     g_par.go = 0;
     add_slots(g_par.v);
-    while (!__atomic_load_n(&g_par.vcpu_ready, __ATOMIC_ACQUIRE)) futex_wait(&g_par.vcpu_ready, 0);
-    g_par.vcpu_ready = 0;
-    CHECK(ioctl(g_par.v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
     __atomic_store_n(&g_par.done, 1, __ATOMIC_RELEASE);
     futex_wake(&g_par.done);
   }
   return 0;
-}
-static void par_post(uint32_t *w) {
-  __atomic_store_n(w, 1, __ATOMIC_RELEASE);
-  futex_wake(w);
 }
 
 /* Creates the VM, slots and vCPU over v->mem (already mapped and built); with par, on
@@ -396,13 +390,14 @@ static void vm_setup_par(struct vm *v, int par) {
     if (!helper && pthread_create(&helper, 0, par_helper, 0)) fail("pthread_create failed");
     g_par.v = v;
     g_par.done = 0;
-    par_post(&g_par.go);
+    __atomic_store_n(&g_par.go, 1, __ATOMIC_RELEASE);
+    futex_wake(&g_par.go);
   } else {
     add_slots(v);
   }
   v->cpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
   CHECK(v->cpu, "KVM_CREATE_VCPU");
-  if (par) par_post(&g_par.vcpu_ready);
+  CHECK(ioctl(v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
   v->run = mmap(0, g_run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->cpu, 0);
   if (v->run == MAP_FAILED) fail("mmap kvm_run: %s", strerror(errno));
   if (v->log == LOG_RING) {
@@ -412,8 +407,6 @@ static void vm_setup_par(struct vm *v, int par) {
   }
   if (par) {
     while (!__atomic_load_n(&g_par.done, __ATOMIC_ACQUIRE)) futex_wait(&g_par.done, 0);
-  } else {
-    CHECK(ioctl(v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
   }
 }
 static void vm_setup(struct vm *v) { vm_setup_par(v, 0); }

@@ -189,7 +189,7 @@ void hl_reader_init(hl_reader *r, const hl_record *rec) {
 bool hl_reader_done(const hl_reader *r) { return r->ok && r->pos == r->len; }
 
 /* Returns a pointer to the next n bytes and consumes them, or NULL. */
-static const uint8_t *take(hl_reader *r, uint64_t n) {
+HL_HOT static const uint8_t *take(hl_reader *r, uint64_t n) {
   if (!r->ok || n > r->len - r->pos) {
     r->ok = false;
     return NULL;
@@ -220,7 +220,7 @@ uint32_t hl_get_u32(hl_reader *r) {
 
 /* The bytes of a name or str, which must be followed by a NUL: C code gets
  * them as NUL-terminated strings. */
-static const char *get_terminated(hl_reader *r, uint64_t len) {
+HL_HOT static const char *get_terminated(hl_reader *r, uint64_t len) {
   const uint8_t *p = take(r, len + 1);
   if (p == NULL) return NULL;
   if (p[len] != 0) {

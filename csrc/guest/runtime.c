@@ -22,7 +22,7 @@ typedef struct {
 static hl_function *functions;
 static uint32_t function_count, function_capacity;
 
-static hl_function *find_function(const char *name, uint64_t len) {
+HL_HOT static hl_function *find_function(const char *name, uint64_t len) {
   for (uint32_t i = 0; i < function_count; i++) {
     hl_function *f = &functions[i];
     if (f->name_len == len && memcmp(f->name, name, len) == 0) return f;
@@ -102,8 +102,8 @@ void hl_fail(uint32_t code, const char *message) {
   call_failed = true;
 }
 
-static void reset_fail(void) {
-  hl_free(fail_message);
+HL_HOT static void reset_fail(void) {
+  if (fail_message != NULL) hl_free(fail_message); /* the allocator's code is not on the hot pages */
   fail_message = NULL;
   call_failed = false;
   fail_code = 0;
@@ -119,7 +119,7 @@ static void send_error(uint32_t code, const char *msg) {
 
 /* Decodes the arguments after the name into args, checking them against f.
  * Returns false after sending an ERROR record. */
-static bool decode_args(hl_reader *r, const hl_function *f, hl_value *args) {
+HL_HOT static bool decode_args(hl_reader *r, const hl_function *f, hl_value *args) {
   hl_msg m;
   uint8_t argc = hl_get_u8(r);
   if (!r->ok) {
@@ -165,7 +165,7 @@ static bool decode_args(hl_reader *r, const hl_function *f, hl_value *args) {
 }
 
 /* Checks the function's result and pushes it as a RETURN record. */
-static void send_result(const hl_function *f, const hl_value *result) {
+HL_HOT static void send_result(const hl_function *f, const hl_value *result) {
   hl_msg m;
   if (result->type != f->ret) {
     hl_msg_init(&m);
@@ -192,7 +192,7 @@ static void send_result(const hl_function *f, const hl_value *result) {
 }
 
 /* Decodes and runs one well-formed CALL record; pushes RETURN or ERROR. */
-static void run_call(const hl_record *rec) {
+HL_HOT static void run_call(const hl_record *rec) {
   hl_reader r;
   hl_reader_init(&r, rec);
   uint16_t name_len;
@@ -224,7 +224,7 @@ static void run_call(const hl_record *rec) {
 
 /* Runs the CALL record on top of the input buffer and leaves a RETURN or
  * ERROR record on the output buffer. */
-static void dispatch_one(void) {
+HL_HOT static void dispatch_one(void) {
   hl_record rec;
   if (!hl_record_peek(&hl_input_buffer, &rec)) {
     send_error(HL_ERR_MALFORMED, "malformed CALL record: bad top, back-pointer or length");
@@ -239,7 +239,7 @@ static void dispatch_one(void) {
   hl_record_pop(&hl_input_buffer, &rec);
 }
 
-static __attribute__((noreturn)) void dispatch_loop(void) {
+static HL_HOT __attribute__((noreturn)) void dispatch_loop(void) {
   for (;;) {
     HL_OUT(HL_PORT_HALT); /* the host resumes us with a CALL record */
     dispatch_one();

@@ -1,12 +1,14 @@
 /* vm_setup.h - creating a VM's vCPU while a helper thread registers its memory slots.
  *
  * On kvm-pvm every KVM_SET_USER_MEMORY_REGION waits for an SRCU grace period
- * (about 55 us, mostly idle waiting), KVM_CREATE_VCPU keeps a CPU busy for
- * about 210 us and KVM_SET_CPUID2 for about 60 us. A process-wide helper
- * thread registers the slots while the caller creates the vCPU, then sets the
- * new vCPU's CPUID (and loads a snapshot's FPU state and MSRs) while the caller
- * maps its kvm_run and dirty ring: a
- * sandbox's three slots and its CPUID cost about what the vCPU alone costs.
+ * (about 55 us, mostly idle waiting), and a VM's slots are registered one
+ * after the other (KVM holds the VM's slots lock throughout). The vCPU side
+ * costs about as much: KVM_CREATE_VCPU (40 us while any vCPU exists on the
+ * machine, 210 us otherwise), KVM_SET_CPUID2 (60 us), loading a snapshot's FPU
+ * state, mapping kvm_run and the dirty ring. A process-wide helper thread
+ * registers the slots while the caller does the vCPU side, so a sandbox's three
+ * slots cost what the longer of the two costs.
+ *
  * The helper serves one VM at a time: a creation that finds it busy (another
  * thread is creating a VM) does everything itself, so concurrent creations
  * never queue behind it. A child after fork() starts its own helper; where no
@@ -28,25 +30,13 @@
 
 #include "kvm_shim.h"
 
-/* What the helper does for one VM: its slots, then (once the caller has created the
- * vCPU and posted its fd in vcpu_word) the vCPU's CPUID. */
+/* The slots of one VM, and how registering them went. */
 struct hl_slot_job {
-  int kvm_fd, vm_fd, n;
+  int vm_fd, n;
   const struct kvm_userspace_memory_region *regions;
-  uint32_t vcpu_word; /* futex: 0 until the caller has set vcpu_fd */
-  int vcpu_fd;        /* -1: no vCPU (its creation failed): no CPUID to set */
-  int failed;    /* index of the slot KVM refused, -1 if none */
-  int err;       /* its errno */
-  int cpuid_err; /* 0, or -errno of KVM_SET_CPUID2 */
-  const struct hl_vcpu_state *state; /* loaded after the CPUID: its `parts` (HL_LOAD_FPU, HL_LOAD_MSRS) */
-  int parts;
-  int state_err; /* 0, or -errno of loading them */
+  int failed; /* index of the slot KVM refused, -1 if none */
+  int err;    /* its errno */
 };
-
-static inline void hl_futex_wait(uint32_t *word, uint32_t expected) {
-  syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
-}
-static inline void hl_futex_wake(uint32_t *word) { syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0); }
 
 static void hl_add_slots(struct hl_slot_job *j) {
   j->failed = -1;
@@ -60,20 +50,6 @@ static void hl_add_slots(struct hl_slot_job *j) {
   }
 }
 
-/* The vCPU's CPUID, then the FPU state and MSRs to load (KVM checks XSAVE state against
- * the CPUID's features, so the CPUID comes first). */
-static void hl_set_vcpu(struct hl_slot_job *j) {
-  j->cpuid_err = hl_set_supported_cpuid(j->kvm_fd, j->vcpu_fd);
-  if (j->cpuid_err == 0 && j->parts) j->state_err = hl_load_state(j->vcpu_fd, NULL, j->state, 0, j->parts);
-}
-
-/* The helper's part: slots, then the vCPU the caller creates meanwhile. */
-static void hl_run_job(struct hl_slot_job *j) {
-  hl_add_slots(j);
-  while (!__atomic_load_n(&j->vcpu_word, __ATOMIC_ACQUIRE)) hl_futex_wait(&j->vcpu_word, 0);
-  if (j->vcpu_fd >= 0 && j->failed < 0) hl_set_vcpu(j);
-}
-
 enum { HL_HELPER_IDLE, HL_HELPER_POSTED, HL_HELPER_DONE };
 
 static struct {
@@ -83,12 +59,17 @@ static struct {
   struct hl_slot_job *job;
 } hl_helper = {PTHREAD_MUTEX_INITIALIZER, HL_HELPER_IDLE, 0, 0};
 
+static inline void hl_futex_wait(uint32_t *word, uint32_t expected) {
+  syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL, 0);
+}
+static inline void hl_futex_wake(uint32_t *word) { syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0); }
+
 static void *hl_helper_main(void *arg) {
   (void)arg;
   for (;;) {
     uint32_t w;
     while ((w = __atomic_load_n(&hl_helper.word, __ATOMIC_ACQUIRE)) != HL_HELPER_POSTED) hl_futex_wait(&hl_helper.word, w);
-    hl_run_job(hl_helper.job);
+    hl_add_slots(hl_helper.job);
     __atomic_store_n(&hl_helper.word, HL_HELPER_DONE, __ATOMIC_RELEASE);
     hl_futex_wake(&hl_helper.word);
   }
@@ -144,7 +125,7 @@ static void hl_helper_wait(void) {
 struct hl_vm_setup {
   int kvm_fd, vm_fd, nslots, flags;
   const struct kvm_userspace_memory_region *regions;
-  const struct hl_vcpu_state *state; /* NULL, or a state whose `parts` to load */
+  const struct hl_vcpu_state *state; /* NULL, or a state whose `parts` (HL_LOAD_FPU, HL_LOAD_MSRS) to load */
   int parts;
   size_t run_size, ring_bytes; /* ring_bytes 0: no dirty ring to map */
   int vcpu_fd;
@@ -153,32 +134,20 @@ struct hl_vm_setup {
   int err, failed_slot;
 };
 
-/* Registers the slots and creates vCPU 0 (its kvm_run and dirty ring mapped, its CPUID
- * set, the state's parts loaded), on two threads when the helper is free. Returns 0 or -1. */
-static int hl_setup_vm(struct hl_vm_setup *s) {
-  struct hl_slot_job job = {s->kvm_fd, s->vm_fd, s->nslots, s->regions, 0, -1, -1, 0, 0,
-                            s->state, s->state ? s->parts : 0, 0};
-  int helped = !(s->flags & HL_SETUP_SERIAL) && hl_helper_post(&job);
-  s->vcpu_fd = -1;
-  s->run = s->ring = MAP_FAILED;
-  s->step = NULL;
-  s->err = 0;
-  s->failed_slot = -1;
-  if (!helped) {
-    hl_add_slots(&job);
-    if (job.failed >= 0) goto slots_failed;
-  }
+/* The vCPU side: vCPU 0, its CPUID, then (KVM checks XSAVE state against the CPUID's
+ * features) the state's parts, kvm_run and the dirty ring. */
+static void hl_setup_vcpu(struct hl_vm_setup *s) {
+  int rc;
   s->vcpu_fd = ioctl(s->vm_fd, KVM_CREATE_VCPU, 0);
   if (s->vcpu_fd < 0) {
     s->step = "KVM_CREATE_VCPU";
     s->err = errno;
-  }
-  job.vcpu_fd = s->vcpu_fd;
-  if (helped) { /* the helper sets the CPUID (or, without a vCPU, stops) */
-    __atomic_store_n(&job.vcpu_word, 1, __ATOMIC_RELEASE);
-    hl_futex_wake(&job.vcpu_word);
-  }
-  if (s->step) {
+  } else if ((rc = hl_set_supported_cpuid(s->kvm_fd, s->vcpu_fd)) < 0) {
+    s->step = "KVM_SET_CPUID2";
+    s->err = -rc;
+  } else if (s->state && s->parts && (rc = hl_load_state(s->vcpu_fd, NULL, s->state, 0, s->parts)) < 0) {
+    s->step = "loading the vCPU state";
+    s->err = -rc;
   } else if ((s->run = mmap(NULL, s->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, s->vcpu_fd, 0)) == MAP_FAILED) {
     s->step = "mmap of kvm_run";
     s->err = errno;
@@ -187,27 +156,27 @@ static int hl_setup_vm(struct hl_vm_setup *s) {
                              KVM_DIRTY_LOG_PAGE_OFFSET * 4096)) == MAP_FAILED) {
     s->step = "mmap of the dirty ring";
     s->err = errno;
-  } else if (!helped) {
-    hl_set_vcpu(&job);
   }
+}
+
+/* Registers the slots and sets up vCPU 0, on two threads when the helper is free.
+ * Returns 0 or -1. */
+static int hl_setup_vm(struct hl_vm_setup *s) {
+  struct hl_slot_job job = {s->vm_fd, s->nslots, s->regions, -1, 0};
+  int helped = !(s->flags & HL_SETUP_SERIAL) && hl_helper_post(&job);
+  s->vcpu_fd = -1;
+  s->run = s->ring = MAP_FAILED;
+  s->step = NULL;
+  s->err = 0;
+  s->failed_slot = -1;
+  if (!helped) hl_add_slots(&job);
+  if (helped || job.failed < 0) hl_setup_vcpu(s);
   if (helped) hl_helper_wait(); /* always: the job lives on this stack */
-  if (s->step) return -1;
-  if (job.failed >= 0) goto slots_failed;
-  if (job.cpuid_err < 0) {
-    s->step = "KVM_SET_CPUID2";
-    s->err = -job.cpuid_err;
-    return -1;
+  if (job.failed >= 0) { /* a refused slot is the first thing to report */
+    s->step = "KVM_SET_USER_MEMORY_REGION";
+    s->err = job.err;
+    s->failed_slot = job.failed;
   }
-  if (job.state_err < 0) {
-    s->step = "loading the vCPU state";
-    s->err = -job.state_err;
-    return -1;
-  }
-  return 0;
-slots_failed:
-  s->step = "KVM_SET_USER_MEMORY_REGION";
-  s->err = job.err;
-  s->failed_slot = job.failed;
-  return -1;
+  return s->step ? -1 : 0;
 }
 #endif
