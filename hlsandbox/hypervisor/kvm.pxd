@@ -107,7 +107,7 @@ cdef class VirtualMachine:
     cdef size_t n_dirty, cap_dirty
     cdef readonly bint uses_dirty_ring
     cdef readonly bint sync_regs
-    cdef bint never_ran  # the vCPU still has its reset state (load_state skips what equals it)
+    cdef int at_reset  # LOAD_FPU/LOAD_MSRS parts still as in a new vCPU (load_state skips loading them again)
 
     cdef int harvest_c(self) except -1
     cdef int _add_dirty(self, uint64_t page) except -1

@@ -232,7 +232,6 @@ cdef class VirtualMachine:
                 if step == "KVM_CREATE_VCPU":
                     raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(setup.err)}")
                 raise OSError(setup.err, f"{step}: {os.strerror(setup.err)}")
-            self.never_ran = True
             what = HL_LOAD_REGS | HL_LOAD_SREGS  # staged for the first run (sync regs: no ioctl)
             if not _have_reset_state:
                 rc = hl_save_state(self.vcpu_fd, &_reset_state)
@@ -241,6 +240,7 @@ cdef class VirtualMachine:
                 _have_reset_state = True
                 if state != NULL:
                     what |= HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, &_reset_state, HL_LOAD_FPU_MSRS)
+            self.at_reset = HL_LOAD_FPU_MSRS & ~(setup.parts | what)
             if state != NULL:
                 rc = hl_load_state(self.vcpu_fd, self.run_ptr, state, self.sync_regs, what)
                 if rc < 0:
@@ -412,7 +412,7 @@ cdef class VirtualMachine:
         cdef uint32_t reason
         cdef kvm_run *run = self.run_ptr
         cdef int fd = self.vcpu_fd
-        self.never_ran = False
+        self.at_reset = 0  # the guest may change its FPU state (and, at CPL0, MSRs)
         while True:
             with nogil:
                 rc = ioctl(fd, KVM_RUN, 0)
@@ -550,8 +550,9 @@ cdef class VirtualMachine:
         if state.shape[0] != sizeof(hl_vcpu_state):
             raise ValueError(f"vCPU state is {state.shape[0]} bytes, expected {sizeof(hl_vcpu_state)}")
         cdef const hl_vcpu_state *st = <const hl_vcpu_state *>&state[0]
-        if self.never_ran and _have_reset_state:
-            what &= ~hl_state_same_parts(st, &_reset_state, what)
+        if self.at_reset:  # loading what the vCPU already holds changes nothing
+            what &= ~hl_state_same_parts(st, &_reset_state, what & self.at_reset)
+        self.at_reset &= ~what
         cdef int rc = hl_load_state(self.vcpu_fd, self.run_ptr, st, self.sync_regs, what)
         if rc < 0:
             raise OSError(-rc, f"loading the vCPU state: {os.strerror(-rc)}")

@@ -193,19 +193,30 @@ def test_first_vm_of_a_process_from_a_snapshot_file(tmp_path, snap):
     assert r.stdout.split() == ["77", "11", str(0x1F80), "77"]
 
 
-def test_msrs_that_differ_from_a_new_vcpus_are_loaded(snap):
-    # Equal MSRs are skipped (no KVM_SET_MSRS); different ones must still reach the vCPU.
+def other_msrs(snap) -> bytes:
+    """The snapshot's state with IA32_SYSENTER_CS changed (a new vCPU has 0)."""
     state = bytearray(snap.vcpu_state)
     nmsrs, = struct.unpack_from("<I", state, REGS_SREGS + XSAVE)
     entries = REGS_SREGS + XSAVE + 8
     index, = struct.unpack_from("<I", state, entries)
     assert nmsrs >= 1 and index == 0x174  # IA32_SYSENTER_CS
     struct.pack_into("<Q", state, entries + 8, 0x10)
+    return bytes(state)
+
+
+@pytest.mark.parametrize("how", ["load_state", "initial_state"])
+def test_msrs_that_differ_from_a_new_vcpus_are_loaded(setup_mode, snap, how):
+    # Equal MSRs are skipped (no KVM_SET_MSRS); different ones must still reach the vCPU.
+    state = other_msrs(snap)
     mem = snap.map_private()
-    vm = kvm.VirtualMachine(mem, mem.address, snap.layout.slots())
+    vm = kvm.VirtualMachine(mem, mem.address, snap.layout.slots(), state if how == "initial_state" else None)
     try:
-        vm.load_state(bytes(state), kvm.LOAD_MSRS)
-        assert msr_part(vm.save_state()) == msr_part(bytes(state)) != msr_part(snap.vcpu_state)
+        if how == "load_state":
+            vm.load_state(state, kvm.LOAD_MSRS)
+        assert msr_part(vm.save_state()) == msr_part(state) != msr_part(snap.vcpu_state)
+        # Back to a new vCPU's values: the vCPU no longer holds them, so they are loaded.
+        vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
+        assert vm.save_state()[REGS_SREGS:] == snap.vcpu_state[REGS_SREGS:]
     finally:
         vm.close()
         mem.close()
