@@ -197,6 +197,14 @@ static hl_value set_mxcsr(const hl_value *args) {
   return hl_u32(old);
 }
 
+/* What `cpuid` tells the guest: leaf args[0] (subleaf 0), register args[1] (0 eax,
+ * 1 ebx, 2 ecx, 3 edx). */
+static hl_value cpuid_reg(const hl_value *args) {
+  uint32_t r[4];
+  __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(args[0].u32), "c"(0));
+  return hl_u32(r[args[1].u32 & 3]);
+}
+
 static hl_value divide_by_zero(const hl_value *args) {
   volatile int32_t divisor = args[0].i32;
   return hl_i32(100 / divisor);
@@ -218,6 +226,7 @@ static const hl_type P_STR[] = {HL_STR};
 static const hl_type P_BYTES[] = {HL_BYTES};
 static const hl_type P_I32[] = {HL_I32};
 static const hl_type P_U32[] = {HL_U32};
+static const hl_type P_U32_U32[] = {HL_U32, HL_U32};
 static const hl_type P_I64[] = {HL_I64};
 static const hl_type P_U64_U64[] = {HL_U64, HL_U64};
 static const hl_type P_U64_U32[] = {HL_U64, HL_U32};
@@ -256,6 +265,7 @@ void hyperlight_main(void) {
   hl_register("ExecuteAddress", execute_address, HL_VOID, 1, P_U64);
   hl_register("GetMxcsr", get_mxcsr, HL_U32, 0, NULL);
   hl_register("SetMxcsr", set_mxcsr, HL_U32, 1, P_U32);
+  hl_register("Cpuid", cpuid_reg, HL_U32, 2, P_U32_U32);
   hl_register("DivideByZero", divide_by_zero, HL_I32, 1, P_I32);
   hl_register("Sum", sum, HL_U64, 1, P_U64);
   hl_register("Malloc", malloc_bytes, HL_U64, 1, P_U64);

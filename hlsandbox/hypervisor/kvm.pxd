@@ -82,7 +82,7 @@ cdef extern from "vm_setup.h" nogil:
         const char *step
         int err, failed_slot
     int hl_setup_vm(hl_vm_setup *s)
-    int HL_SETUP_SERIAL
+    int HL_SETUP_SERIAL, HL_SETUP_NO_CPUID
 
 
 

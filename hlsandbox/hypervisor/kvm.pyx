@@ -81,6 +81,22 @@ def is_kvm_pvm() -> bool:
     return os.path.exists("/sys/module/kvm_pvm")
 
 
+_cpl3_cpuid_is_the_hosts = None
+
+
+def cpuid_needed(cpl3_guest: bool) -> bool:
+    """Whether a vCPU needs KVM_SET_CPUID2 (60-90 us on kvm-pvm, on the critical path of
+    creating a sandbox). On kvm-pvm a CPL3 guest's `cpuid` returns the host's CPUID, not
+    the vCPU's table (platform.md), so the table only sets the guest's physical address
+    width, which hlsandbox's layouts keep below 36 bits, the width of an empty table. CPL0
+    guests (the i686 profile) read the table; on hardware KVM every guest does.
+    HLSANDBOX_SET_CPUID=1 sets it always."""
+    global _cpl3_cpuid_is_the_hosts
+    if _cpl3_cpuid_is_the_hosts is None:
+        _cpl3_cpuid_is_the_hosts = is_kvm_pvm()
+    return not (cpl3_guest and _cpl3_cpuid_is_the_hosts) or os.environ.get("HLSANDBOX_SET_CPUID") == "1"
+
+
 cdef int kvm_fd() except -1:
     """Opens /dev/kvm once per process and checks what hlsandbox needs of it."""
     global _kvm_fd, _run_size
@@ -154,11 +170,14 @@ cdef class VirtualMachine:
         self.vcpu_fd = -1
         self.run_ptr = NULL
 
-    def __init__(self, memory, size_t host_address, slots, const uint8_t[::1] initial_state=None):
+    def __init__(self, memory, size_t host_address, slots, const uint8_t[::1] initial_state=None,
+                 bint set_cpuid=True):
         """memory: an object exporting the guest memory buffer (kept alive), mapped at
         host_address. slots: (guest_physical_address, size, log_dirty, host_offset) tuples,
         at most 8. initial_state: a state from save_state() to start from (as load_state()
-        with LOAD_ALL, its FPU state and MSRs loaded while the VM is set up)."""
+        with LOAD_ALL, its FPU state and MSRs loaded while the VM is set up).
+        set_cpuid=False leaves the vCPU's CPUID table empty (cpuid_needed() says when
+        that is safe): the guest then has 36 physical address bits."""
         global _have_reset_state
         cdef int kfd = kvm_fd()
         cdef kvm_userspace_memory_region regions[8]
@@ -213,7 +232,7 @@ cdef class VirtualMachine:
             # The first VM of the process reads a new vCPU's state before loading anything.
             setup.parts = 0 if state == NULL or not _have_reset_state else \
                 HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, &_reset_state, HL_LOAD_FPU_MSRS)
-            setup.flags = HL_SETUP_SERIAL if _serial_setup else 0
+            setup.flags = (HL_SETUP_SERIAL if _serial_setup else 0) | (0 if set_cpuid else HL_SETUP_NO_CPUID)
             setup.run_size = _run_size
             setup.ring_bytes = DIRTY_RING_ENTRIES * 16 if self.uses_dirty_ring else 0
             with nogil:  # vCPU creation and slot registration overlap (vm_setup.h)

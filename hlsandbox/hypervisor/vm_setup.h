@@ -118,7 +118,8 @@ static void hl_helper_wait(void) {
   pthread_mutex_unlock(&hl_helper.claim);
 }
 
-#define HL_SETUP_SERIAL 1
+#define HL_SETUP_SERIAL 1   /* everything on the calling thread */
+#define HL_SETUP_NO_CPUID 2 /* leave the vCPU's CPUID table empty (see kvm.pyx, set_cpuid) */
 
 /* What hl_setup_vm does and what it got. On failure `step` names what failed and `err`
  * is its errno; every resource created so far is in the struct for the caller to free. */
@@ -134,15 +135,15 @@ struct hl_vm_setup {
   int err, failed_slot;
 };
 
-/* The vCPU side: vCPU 0, its CPUID, then (KVM checks XSAVE state against the CPUID's
- * features) the state's parts, kvm_run and the dirty ring. */
+/* The vCPU side: vCPU 0, its CPUID (unless HL_SETUP_NO_CPUID), then (KVM checks XSAVE
+ * state against the CPUID's features) the state's parts, kvm_run and the dirty ring. */
 static void hl_setup_vcpu(struct hl_vm_setup *s) {
   int rc;
   s->vcpu_fd = ioctl(s->vm_fd, KVM_CREATE_VCPU, 0);
   if (s->vcpu_fd < 0) {
     s->step = "KVM_CREATE_VCPU";
     s->err = errno;
-  } else if ((rc = hl_set_supported_cpuid(s->kvm_fd, s->vcpu_fd)) < 0) {
+  } else if (!(s->flags & HL_SETUP_NO_CPUID) && (rc = hl_set_supported_cpuid(s->kvm_fd, s->vcpu_fd)) < 0) {
     s->step = "KVM_SET_CPUID2";
     s->err = -rc;
   } else if (s->state && s->parts && (rc = hl_load_state(s->vcpu_fd, NULL, s->state, 0, s->parts)) < 0) {

@@ -37,7 +37,9 @@ GUEST_COUNTER_OFFSET = 0x1000  # the GuestCounter's distance below the top of sc
 
 PROFILES = ("amd64", "i686")
 APIC_PAGE = 0xFEE00000
-# The highest guest physical address each profile's scratch region may reach.
+# The highest guest physical address each profile's scratch region may reach. amd64:
+# 36 bits is the physical address width of a vCPU without a CPUID table, which is how
+# hlsandbox creates them on kvm-pvm (hypervisor/kvm.pyx, cpuid_needed()).
 ADDRESS_LIMIT = {"amd64": 1 << 36, "i686": 1 << 32}
 # i686: fixed places below the image (which starts at or above 0x10000).
 I686_SYSTEM_GPA = 0x1000

@@ -111,7 +111,8 @@ class MultiUseSandbox:
         base = memory.address
         self._input = RecordStack(memory, base + L.host(L.input_gpa), L.input_size, "input")
         self._output = RecordStack(memory, base + L.host(L.output_gpa), L.output_size, "output")
-        self._vm = kvm.VirtualMachine(memory, base, slots or L.slots(), state)
+        self._vm = kvm.VirtualMachine(memory, base, slots or L.slots(), state,
+                                      set_cpuid=kvm.cpuid_needed(cpl3_guest=L.profile == "amd64"))
         self._path = CallPath(self._vm, self._input, self._output, self._serve)
         self._closed = False
         if self._counter is not None:

@@ -220,3 +220,41 @@ def test_msrs_that_differ_from_a_new_vcpus_are_loaded(setup_mode, snap, how):
     finally:
         vm.close()
         mem.close()
+
+
+# -- the CPUID table ------------------------------------------------------------------------------
+
+def test_cpuid_table_is_needed_unless_cpl3_on_kvm_pvm(monkeypatch):
+    monkeypatch.delenv("HLSANDBOX_SET_CPUID", raising=False)
+    monkeypatch.setattr(kvm, "_cpl3_cpuid_is_the_hosts", True)  # kvm-pvm
+    assert not kvm.cpuid_needed(cpl3_guest=True)
+    assert kvm.cpuid_needed(cpl3_guest=False)  # i686 guests run at CPL0 and read the table
+    monkeypatch.setenv("HLSANDBOX_SET_CPUID", "1")
+    assert kvm.cpuid_needed(cpl3_guest=True)
+    monkeypatch.setattr(kvm, "_cpl3_cpuid_is_the_hosts", False)  # hardware KVM
+    monkeypatch.delenv("HLSANDBOX_SET_CPUID")
+    assert kvm.cpuid_needed(cpl3_guest=True) and kvm.cpuid_needed(cpl3_guest=False)
+
+
+@pytest.mark.parametrize("set_cpuid", ["0", "1"])
+def test_guest_sees_the_cpu_with_or_without_a_table(monkeypatch, set_cpuid):
+    # Without KVM_SET_CPUID2 (kvm-pvm, amd64) a CPL3 guest's cpuid still reports the CPU:
+    # SSE2 (leaf 1, edx bit 26), and the same values as with the table.
+    def features(sb):
+        regs = [sb.call("Cpuid", leaf, reg) for leaf in (0, 1) for reg in range(4)]
+        regs[5] &= 0x00FFFFFF  # leaf 1 ebx bits 31-24: the APIC ID of the CPU it ran on
+        return regs
+
+    monkeypatch.setenv("HLSANDBOX_SET_CPUID", set_cpuid)
+    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"))
+    u.register("HostAdd", host_add, params=(hl.i32, hl.i32), returns=hl.i32)
+    with u.evolve() as sb:
+        seen = features(sb)
+        assert seen[0] >= 1 and seen[7] & (1 << 26)
+        monkeypatch.setenv("HLSANDBOX_SET_CPUID", "1")
+        with hl.MultiUseSandbox.from_snapshot(sb.snapshot(), host_functions=HOST) as other:
+            assert features(other) == seen
+        # the highest guest physical address of the layout works either way
+        top = sb.layout.output_gpa + sb.layout.output_size - 8
+        sb.call("WriteAddress", top, 0x1234)
+        assert sb.call("ReadAddress", top) == 0x1234
