@@ -282,7 +282,8 @@ def floor_specs(counts: "Counts", resident: dict[str, Optional[int]], copied: Op
     specs.append(f"call_restore:log=none:iters={counts.call}{cb}:label=call_restore_plain")
     specs.append(f"vm_create:iters={counts.from_snapshot}:label=vm_create")
     specs.append(f"vm_create:slots=3:ring=1:state=1:iters={counts.from_snapshot}:label=vm_create_hl")
-    specs.append(f"vm_create:slots=3:ring=1:state=1:par=1:iters={counts.from_snapshot}:label=vm_create_hl_par")
+    specs.append(f"vm_create:cpuid=0:iters={counts.from_snapshot}:label=vm_create_nocpuid")
+    specs.append(f"vm_create:slots=3:ring=1:state=1:par=1:cpuid=0:iters={counts.from_snapshot}:label=vm_create_hl_par")
     return specs
 
 
@@ -391,8 +392,10 @@ ROWS += [
     ("sandbox creation", "from_snapshot+call", "vm_create", 1.3, "the same plus the first call"),
     ("sandbox creation", "from_snapshot+call", "vm_create_hl", None,
      "vs a floor with hlsandbox's 3 slots, dirty ring, XSAVE+MSRs"),
+    ("sandbox creation", "from_snapshot+call", "vm_create_nocpuid", None,
+     "vs vm_create without KVM_SET_CPUID2 on kvm-pvm, as hlsandbox does for amd64"),
     ("sandbox creation", "from_snapshot+call", "vm_create_hl_par", None,
-     "the same floor, set up on two threads as hlsandbox does"),
+     "vs hlsandbox's set-up in C: 3 slots on a second thread, ring, state, no CPUID on kvm-pvm"),
     ("sandbox creation", "from_snapshot.close", "vm_create.teardown", None, "close() of a from_snapshot sandbox"),
     ("sandbox creation", "evolve.close", "vm_create.teardown", None, "close() of an evolved sandbox"),
 ]

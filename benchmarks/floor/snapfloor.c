@@ -75,6 +75,8 @@
  *       par=1      register the slots on a second thread while the main thread
  *                  creates the vCPU, sets its CPUID and maps kvm_run and the
  *                  ring, as hlsandbox does (needs slots=3)
+ *       cpuid=0    on kvm-pvm, no KVM_SET_CPUID2, as hlsandbox for amd64 guests
+ *                  (a CPL3 guest's cpuid returns the host's there)
  *     Prints LABEL and LABEL.teardown.
  *
  * Output, one line a figure: `name median_us p10_us p90_us iterations`, and
@@ -374,8 +376,9 @@ static void *par_helper(void *arg) {
 }
 
 /* Creates the VM, slots and vCPU over v->mem (already mapped and built); with par, on
- * two threads (the helper thread is started on first use). */
-static void vm_setup_par(struct vm *v, int par) {
+ * two threads (the helper thread is started on first use); without cpuid, on kvm-pvm,
+ * no CPUID table (a CPL3 guest's cpuid returns the host's there). */
+static void vm_setup_par(struct vm *v, int par, int cpuid) {
   static pthread_t helper;
   v->vm = ioctl(g_kvm, KVM_CREATE_VM, 0);
   CHECK(v->vm, "KVM_CREATE_VM");
@@ -397,7 +400,7 @@ static void vm_setup_par(struct vm *v, int par) {
   }
   v->cpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
   CHECK(v->cpu, "KVM_CREATE_VCPU");
-  CHECK(ioctl(v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
+  if (cpuid || !g_pvm) CHECK(ioctl(v->cpu, KVM_SET_CPUID2, g_cpuid), "KVM_SET_CPUID2");
   v->run = mmap(0, g_run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->cpu, 0);
   if (v->run == MAP_FAILED) fail("mmap kvm_run: %s", strerror(errno));
   if (v->log == LOG_RING) {
@@ -409,7 +412,7 @@ static void vm_setup_par(struct vm *v, int par) {
     while (!__atomic_load_n(&g_par.done, __ATOMIC_ACQUIRE)) futex_wait(&g_par.done, 0);
   }
 }
-static void vm_setup(struct vm *v) { vm_setup_par(v, 0); }
+static void vm_setup(struct vm *v) { vm_setup_par(v, 0, 1); }
 
 static void initial_sregs(struct kvm_sregs *s) {
   s->cr0 = 0x80010033;
@@ -579,7 +582,7 @@ static void image_free(struct image *im) {
 struct spec {
   char kind[32], label[96];
   uint64_t heap, n, resident, copy_bytes;
-  int iters, copy, sregs, tramp, slots, ring, state, par;
+  int iters, copy, sregs, tramp, slots, ring, state, par, cpuid;
   enum logmode log;
 };
 
@@ -598,7 +601,7 @@ static uint64_t parse_size(const char *s, const char *what) {
 }
 
 static struct spec parse_spec(const char *text, int iterations) {
-  struct spec sp = {.heap = 1 << 20, .iters = iterations, .copy = 1, .log = LOG_RING, .slots = 1};
+  struct spec sp = {.heap = 1 << 20, .iters = iterations, .copy = 1, .log = LOG_RING, .slots = 1, .cpuid = 1};
   char *copy = strdup(text), *save = NULL;
   char *kind = strtok_r(copy, ":", &save);
   if (!kind || strlen(kind) >= sizeof sp.kind) fail("bad spec '%s'", text);
@@ -624,6 +627,7 @@ static struct spec parse_spec(const char *text, int iterations) {
     else if (!strcmp(k, "ring")) sp.ring = (int)parse_size(val, "ring");
     else if (!strcmp(k, "state")) sp.state = (int)parse_size(val, "state");
     else if (!strcmp(k, "par")) sp.par = (int)parse_size(val, "par");
+    else if (!strcmp(k, "cpuid")) sp.cpuid = (int)parse_size(val, "cpuid");
     else if (!strcmp(k, "log")) {
       if (!strcmp(val, "ring")) sp.log = LOG_RING;
       else if (!strcmp(val, "bitmap")) sp.log = LOG_BITMAP;
@@ -901,7 +905,7 @@ static void bench_vm_create(const struct spec *sp) {
     uint64_t t0 = now_ns();
     v.mem = mmap(0, L.total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, im.fd, 0);
     if (v.mem == MAP_FAILED) fail("mmap image: %s", strerror(errno));
-    vm_setup_par(&v, sp->par);
+    vm_setup_par(&v, sp->par, sp->cpuid);
     CHECK(ioctl(v.cpu, KVM_SET_SREGS, &sregs), "KVM_SET_SREGS");
     regs.rax = rax;
     CHECK(ioctl(v.cpu, KVM_SET_REGS, &regs), "KVM_SET_REGS");
