@@ -80,7 +80,7 @@ def resident_pages(sb) -> Optional[int]:
     """Pages of the sandbox's guest memory that hold data (what a snapshot copies), or
     None if this hlsandbox does not expose it (the floor then uses its own count)."""
     try:
-        return int(sb._memory.resident_pages().sum())
+        return sum(sb._memory.resident_pages())
     except Exception:
         return None
 
@@ -89,7 +89,7 @@ def copy_bytes(sb) -> Optional[int]:
     """Bytes every restore of the sandbox copies whole (globals, I/O buffers, stack top),
     or None if this hlsandbox does not expose it (the floor then copies 56 KiB)."""
     try:
-        n = int(sb._restore_ranges[:, 1].sum())
+        n = sum(sb._restore_ranges[1::2])
     except Exception:
         return None
     return n if n % 4096 == 0 and 40 << 10 <= n <= 296 << 10 else None

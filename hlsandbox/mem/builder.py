@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
-
 from ..errors import InvalidGuestBinary
 from .elf import EXCEPTION_STUBS_SYMBOL, ElfImage
 from .layout import I686_STUBS_OFFSET, I686_TSS_OFFSET, SandboxMemoryLayout
@@ -54,8 +52,8 @@ def build_guest_memory(image: ElfImage, layout: SandboxMemoryLayout, name: str,
                 code = trampoline_code(clear_avx)
                 mem[L.trampoline_gpa:L.trampoline_gpa + len(code)] = code
                 regions = RegionMap((r.gpa, r.end, r.flags) for r in L.regions(image))
-                build_page_tables(np.frombuffer(mem, dtype=np.uint64), L.pt_gpa, L.pt_size, regions,
-                                  L.mapped_ranges())
+                with mem.cast("Q") as words:
+                    build_page_tables(words, L.pt_gpa, L.pt_size, regions, L.mapped_ranges())
         # Pages every call touches: fault them in now (a guest first touch costs ~5 µs a page).
         shm.prefault(L.system_gpa, L.snapshot_size - L.system_gpa)
         shm.prefault(L.host(L.input_gpa), L.input_size + L.output_size)

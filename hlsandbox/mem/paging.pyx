@@ -11,6 +11,11 @@ cdef enum:
     TABLE_FLAGS = 7  # present, writable, user: the leaf entries decide the real permissions
 
 
+cdef uint64_t[::1] _u64s(Py_ssize_t n):
+    """n zeroed u64s."""
+    return memoryview(bytearray(8 * n)).cast("Q")
+
+
 cdef class RegionMap:
     """Sorted, non-overlapping [start, end) ranges with PTE flags; looking an address up
     reuses the index of the last hit, so walking memory in order costs O(1) a page."""
@@ -21,12 +26,11 @@ cdef class RegionMap:
 
     def __init__(self, regions):
         """regions: iterable of (start, end, flags), sorted by start, not overlapping."""
-        import numpy as np
         rs = list(regions)
-        self.starts = np.array([r[0] for r in rs], dtype=np.uint64)
-        self.ends = np.array([r[1] for r in rs], dtype=np.uint64)
-        self.flags = np.array([r[2] for r in rs], dtype=np.uint64)
         self.n = len(rs)
+        self.starts, self.ends, self.flags = _u64s(self.n), _u64s(self.n), _u64s(self.n)
+        for i, (start, end, flags) in enumerate(rs):
+            self.starts[i], self.ends[i], self.flags[i] = start, end, flags
         self.last_index = 0
         for i in range(self.n):
             if self.ends[i] <= self.starts[i] or (i and self.starts[i] < self.ends[i - 1]):

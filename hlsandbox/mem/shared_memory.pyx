@@ -50,17 +50,23 @@ cdef class SharedMemory:
         """Maps a file: privately (copy-on-write, the file is never modified) unless shared."""
         return cls(size, fd, offset, writable, shared)
 
-    def resident_pages(self):
-        """A numpy bool array, one entry a page: True where the page may hold data
-        (mincore: backed by memory); untouched pages of an anonymous map read as zero."""
-        import numpy as np
+    def resident_pages(self) -> bytearray:
+        """One byte a page, 1 where the page may hold data (mincore: backed by memory),
+        else 0; untouched pages of an anonymous map read as zero."""
         self._check_open()
-        out = np.zeros(self.size // 4096, dtype=np.uint8)
+        cdef size_t n = self.size // 4096, i
+        out = bytearray(n)
         cdef unsigned char[::1] v = out
         if mincore(self.base, self.size, &v[0]) != 0:
             import os
             raise OSError(errno, f"mincore: {os.strerror(errno)}")
-        return (out & 1).astype(bool)
+        for i in range(n):
+            v[i] &= 1
+        return out
+
+    def resident_runs(self) -> list:
+        """[start, end) page index runs of the resident pages (see resident_pages())."""
+        return page_runs(self.resident_pages())
 
     def copy_from(self, size_t src_address, size_t offset, size_t n) -> None:
         """Copies n bytes from host address src_address (another mapping) to offset."""
@@ -156,3 +162,34 @@ cdef class SharedMemory:
         self.exports -= 1
         if self.closed and self.exports == 0:
             self._unmap()
+
+
+def page_runs(const unsigned char[::1] mask) -> list:
+    """[start, end) index runs where mask (one byte an entry) is nonzero."""
+    cdef Py_ssize_t i = 0, start, n = mask.shape[0]
+    out = []
+    while i < n:
+        if not mask[i]:
+            i += 1
+            continue
+        start = i
+        while i < n and mask[i]:
+            i += 1
+        out.append((start, i))
+    return out
+
+
+def nonzero_pages(const unsigned char[::1] data) -> list:
+    """Indices of the 4 KiB pages of data (a whole number of pages) that are not all zero."""
+    cdef Py_ssize_t n = data.shape[0] // 4096, p, j
+    cdef const uint64_t *w
+    if data.shape[0] % 4096:
+        raise ValueError("data is not a whole number of pages")
+    out = []
+    for p in range(n):
+        w = <const uint64_t *>&data[p * 4096]
+        for j in range(512):
+            if w[j]:
+                out.append(p)
+                break
+    return out

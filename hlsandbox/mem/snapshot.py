@@ -7,35 +7,26 @@ pages back from a read-only mapping of it."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-import numpy as np
-
 from ..errors import InvalidSnapshot, SnapshotMismatch
 from ..func.types import Signature, ValueType
 from .layout import PAGE, SandboxMemoryLayout
-from .shared_memory import SharedMemory
+from .shared_memory import SharedMemory, nonzero_pages, page_runs  # noqa: F401 (page_runs: API)
 
+# _lazy_note: modules that load C extensions (json here) are imported where used, not at
+# import time: each adds ~5 mappings to the process, and KVM_CREATE_VM locks every mapping
+# of the process (~0.17 us each on kvm-pvm; docs/architecture.md).
 MAGIC = b"HLSNAP\x00\x00"
 FORMAT_VERSION = 2  # 2: the scratch region starts with the heap (buffers on top of the stack)
 PROFILES = ("amd64", "i686")
 ARCH = "x86_64"
 HEADER = struct.Struct("<8sIIQIIII")  # magic, version, header size, memory size, memory crc, meta crc, meta size, state size
 MAX_HEADER = 16 << 20
-
-
-def page_runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) page index runs where mask is True."""
-    if not mask.any():
-        return []
-    m = np.concatenate(([False], mask.astype(bool), [False]))
-    edges = np.flatnonzero(m[1:] != m[:-1])
-    return [(int(a), int(b)) for a, b in zip(edges[0::2], edges[1::2])]
 
 
 def data_extents(fd: int, size: int, offset: int = 0) -> list[tuple[int, int]]:
@@ -64,10 +55,10 @@ def memory_checksum(image: memoryview, extents: Iterable[tuple[int, int]]) -> in
     crc = 0
     for start, end in extents:
         start, end = start // PAGE * PAGE, -(-end // PAGE) * PAGE
-        pages = np.frombuffer(image[start:end], dtype=np.uint64).reshape(-1, PAGE // 8)
-        for i in np.flatnonzero(pages.any(axis=1)):
-            index = start // PAGE + int(i)
-            crc = zlib.crc32(pages[i].tobytes(), zlib.crc32(index.to_bytes(8, "little"), crc))
+        part = image[start:end]
+        for i in nonzero_pages(part):
+            index = start // PAGE + i
+            crc = zlib.crc32(part[i * PAGE:(i + 1) * PAGE], zlib.crc32(index.to_bytes(8, "little"), crc))
     return crc
 
 
@@ -130,7 +121,7 @@ class Snapshot:
         try:
             os.ftruncate(fd, size)
             with memoryview(memory) as mv:
-                for a, b in page_runs(memory.resident_pages()):
+                for a, b in memory.resident_runs():
                     _pwrite_all(fd, mv[a * PAGE:b * PAGE], a * PAGE)
             return cls(fd=fd, offset=0, layout=layout, vcpu_state=vcpu_state, host_functions=host_functions,
                        guest_functions=guest_functions, copy_ranges=copy_ranges,
@@ -155,6 +146,7 @@ class Snapshot:
                 "guest_functions": _sig_list(self.guest_functions),
                 "copy_ranges": [list(r) for r in self.copy_ranges],
                 "raw_host_functions": self.raw_host_functions}
+        import json  # here, not at import: every C extension loaded adds mappings (see _lazy_note)
         return json.dumps(meta, sort_keys=True).encode()
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -220,6 +212,7 @@ class Snapshot:
         if len(blob) != meta_size + state_size or zlib.crc32(blob) != meta_crc:
             raise InvalidSnapshot(f"{path}: metadata checksum mismatch (corrupt header)")
         try:
+            import json
             meta = json.loads(blob[:meta_size])
         except (ValueError, UnicodeDecodeError):
             raise InvalidSnapshot(f"{path}: metadata is not valid JSON") from None

@@ -92,16 +92,18 @@ cdef class CallPath:
 
 
 cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src,
-                      const uint64_t[:, ::1] ranges) except? 0:
+                      const uint64_t[::1] ranges) except? 0:
     """Copies back, from the snapshot image `src`, every page of the dirty-logged slots the
-    guest wrote since the last harvest, then each (host offset, size) range. Costs what was
-    written, not the slots' sizes. Returns the pages copied."""
-    cdef size_t i, n, off
+    guest wrote since the last harvest, then each range of `ranges` (host offset, size
+    pairs, flat). Costs what was written, not the slots' sizes. Returns the pages copied."""
+    cdef size_t i, n, off, nranges = <size_t>ranges.shape[0] // 2
     cdef uint64_t gpa, size
     if dst.size != src.size or dst.base == NULL or src.base == NULL:
         raise ValueError("snapshot image and guest memory differ in size or are closed")
-    for i in range(<size_t>ranges.shape[0]):
-        gpa, size = ranges[i, 0], ranges[i, 1]
+    if ranges.shape[0] % 2:
+        raise ValueError("restore ranges are (host offset, size) pairs")
+    for i in range(nranges):
+        gpa, size = ranges[2 * i], ranges[2 * i + 1]
         if gpa > dst.size or size > dst.size - gpa:
             raise ValueError(f"restore range {gpa:#x}+{size:#x} is outside guest memory")
     vm.harvest_c()
@@ -111,13 +113,13 @@ cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src,
         if off + 4096 <= dst.size:
             memcpy(dst.base + off, src.base + off, 4096)
     vm.n_dirty = 0
-    for i in range(<size_t>ranges.shape[0]):
-        memcpy(dst.base + ranges[i, 0], src.base + ranges[i, 0], ranges[i, 1])
-        n += ranges[i, 1] // 4096
+    for i in range(nranges):
+        memcpy(dst.base + ranges[2 * i], src.base + ranges[2 * i], ranges[2 * i + 1])
+        n += ranges[2 * i + 1] // 4096
     return n
 
 
-def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, const uint64_t[:, ::1] ranges):
+def restore_pages(VirtualMachine vm, SharedMemory dst, SharedMemory src, const uint64_t[::1] ranges):
     """copy_back() for Python: the restore of a profile without the trampoline (i686)."""
     return copy_back(vm, dst, src, ranges)
 
@@ -126,11 +128,11 @@ cdef class RestorePlan:
     """What a fast restore of one snapshot into one sandbox copies and stages."""
 
     cdef SharedMemory dst, src
-    cdef const uint64_t[:, ::1] ranges
+    cdef const uint64_t[::1] ranges
     cdef bytes state
     cdef uint64_t trampoline, target_offset, fxsave_offset
 
-    def __init__(self, SharedMemory dst, SharedMemory src, const uint64_t[:, ::1] ranges, bytes state,
+    def __init__(self, SharedMemory dst, SharedMemory src, const uint64_t[::1] ranges, bytes state,
                  uint64_t trampoline, uint64_t target_offset, uint64_t fxsave_offset):
         if len(state) != sizeof(hl_vcpu_state):
             raise ValueError("vCPU state has the wrong size")

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import sys
 import types
 from typing import Any, Mapping, Optional, Union
-
-import numpy as np
 
 from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestError,
                       GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
@@ -20,7 +19,8 @@ from ..mem.builder import build_guest_memory
 from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory
-from ..mem.snapshot import Snapshot, data_extents, page_runs
+from ..mem.shared_memory import page_runs
+from ..mem.snapshot import Snapshot, data_extents
 from ..mem.system_tables import (GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
 from .config import SandboxConfiguration
@@ -120,7 +120,7 @@ class MultiUseSandbox:
 
     def _set_copy_ranges(self, image_ranges: list[tuple[int, int]]) -> None:
         self._copy_ranges = list(image_ranges)
-        self._restore_ranges = np.array(self._copy_ranges + self.layout.copied_ranges(), dtype=np.uint64)
+        self._restore_ranges = _u64_pairs(self._copy_ranges + self.layout.copied_ranges())
 
     def _set_functions(self, table: list[tuple[str, tuple[int, ...], int]]) -> None:
         self._functions = {name: _GuestFunction(name, params, ret) for name, params, ret in table}
@@ -529,9 +529,7 @@ class _SnapshotDerived:
     def __init__(self, snap: Snapshot) -> None:
         L = snap.layout
         self.slots = L.slots()
-        ranges = np.array(list(snap.copy_ranges) + L.copied_ranges(), dtype=np.uint64)
-        ranges.flags.writeable = False
-        self.restore_ranges = ranges
+        self.restore_ranges = _u64_pairs(list(snap.copy_ranges) + L.copied_ranges())
         self.functions = {g.name: _GuestFunction(g.name, tuple(int(p) for p in g.params), int(g.returns))
                           for g in snap.guest_functions}
         self.function_view = types.MappingProxyType({n: f.signature for n, f in self.functions.items()})
@@ -592,12 +590,18 @@ def _check_host_functions(snap: Snapshot, registry: HostFunctionRegistry) -> Non
         raise SnapshotMismatch("host functions do not match the snapshot: " + "; ".join(problems))
 
 
+def _u64_pairs(pairs: list[tuple[int, int]]) -> memoryview:
+    """(offset, size) pairs as a flat, read-only u64 buffer (what the Cython restore reads)."""
+    return memoryview(struct.pack(f"<{2 * len(pairs)}Q", *(x for p in pairs for x in p))).cast("Q")
+
+
 def _copy_all(memory: SharedMemory, snap: Snapshot) -> None:
     """Makes guest memory equal to the snapshot's image: copies every page that holds data
     in either (other pages are zero in both)."""
     mask = memory.resident_pages()
     for a, b in data_extents(snap._fd, snap.memory_size, snap.offset):
-        mask[a // PAGE:-(-b // PAGE)] = True
+        first, end = a // PAGE, -(-b // PAGE)
+        mask[first:end] = b"\x01" * (end - first)
     src = snap.image.address
     for a, b in page_runs(mask):
         memory.copy_from(src + a * PAGE, a * PAGE, (b - a) * PAGE)

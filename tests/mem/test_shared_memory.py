@@ -196,3 +196,45 @@ def test_separate_mappings_are_independent():
     finally:
         a.close()
         b.close()
+
+
+# -- resident pages, page runs, nonzero pages (what snapshots copy and checksum) ----------------
+
+def test_resident_pages_and_runs():
+    m = SharedMemory(16 * PAGE)
+    try:
+        assert m.resident_pages() == bytearray(16) and m.resident_runs() == []
+        for p in (1, 2, 3, 7, 15):
+            m.write(p * PAGE + 5, b"x")
+        assert list(m.resident_pages()) == [1 if p in (1, 2, 3, 7, 15) else 0 for p in range(16)]
+        assert m.resident_runs() == [(1, 4), (7, 8), (15, 16)]
+        m.prefault(9 * PAGE, 2 * PAGE)  # backed, though still zero: a snapshot copies it
+        assert m.resident_runs() == [(1, 4), (7, 8), (9, 11), (15, 16)]
+    finally:
+        m.close()
+    with pytest.raises(ValueError, match="closed"):
+        m.resident_pages()
+
+
+@pytest.mark.parametrize("mask, runs", [
+    (b"", []), (b"\0\0", []), (b"\1", [(0, 1)]), (b"\1\1\0\1", [(0, 2), (3, 4)]),
+    (b"\0\1\1\1\0\0\2\0", [(1, 4), (6, 7)]), (bytes([1] * 1000), [(0, 1000)]),
+])
+def test_page_runs(mask, runs):
+    from hlsandbox.mem.shared_memory import page_runs
+    assert page_runs(mask) == runs
+    assert page_runs(bytearray(mask)) == runs
+
+
+def test_nonzero_pages():
+    from hlsandbox.mem.shared_memory import nonzero_pages
+    data = bytearray(6 * PAGE)
+    assert nonzero_pages(data) == []
+    data[0] = 1
+    data[2 * PAGE + PAGE - 1] = 0x80  # the last byte of a page
+    data[5 * PAGE + 2048] = 7
+    assert nonzero_pages(data) == [0, 2, 5]
+    assert nonzero_pages(memoryview(data)[2 * PAGE:4 * PAGE]) == [0]
+    assert nonzero_pages(b"") == []
+    with pytest.raises(ValueError, match="whole number of pages"):
+        nonzero_pages(bytes(PAGE + 8))
