@@ -108,6 +108,7 @@ cdef class VirtualMachine:
     cdef readonly bint uses_dirty_ring
     cdef readonly bint sync_regs
     cdef int at_reset  # LOAD_FPU/LOAD_MSRS parts still as in a new vCPU (load_state skips loading them again)
+    cdef const hl_vcpu_state *reset  # a new vCPU's state, of the same CPUID kind as this one
 
     cdef int harvest_c(self) except -1
     cdef int _add_dirty(self, uint64_t page) except -1

@@ -68,11 +68,12 @@ CANCEL_SIGNAL = _signal.SIGRTMIN + 2
 
 cdef int _kvm_fd = -1
 cdef int _run_size = 0
-# The FPU state and MSRs of a vCPU that has not run, read once per process: loading a
-# snapshot whose parts equal them into a new vCPU skips those vCPU ioctls (a CPL3 guest
-# cannot change MSRs, so amd64 snapshots never need KVM_SET_MSRS there).
-cdef hl_vcpu_state _reset_state
-cdef bint _have_reset_state = False
+# The FPU state and MSRs of a vCPU that has not run, read once per process for vCPUs with
+# and without a CPUID table ([1] and [0]; KVM's XSAVE export depends on the table):
+# loading a snapshot whose parts equal them into a new vCPU skips those vCPU ioctls (a
+# CPL3 guest cannot change MSRs, so amd64 snapshots never need KVM_SET_MSRS there).
+cdef hl_vcpu_state _reset_states[2]
+cdef bint _have_reset_state[2]
 _kvm_lock = threading.Lock()
 
 
@@ -178,13 +179,14 @@ cdef class VirtualMachine:
         with LOAD_ALL, its FPU state and MSRs loaded while the VM is set up).
         set_cpuid=False leaves the vCPU's CPUID table empty (cpuid_needed() says when
         that is safe): the guest then has 36 physical address bits."""
-        global _have_reset_state
         cdef int kfd = kvm_fd()
         cdef kvm_userspace_memory_region regions[8]
         cdef hl_vm_setup setup
         cdef int i, rc
         cdef uint64_t gpa, size, host_offset, max_pages = 0
         cdef const hl_vcpu_state *state = NULL
+        cdef int mode = 1 if set_cpuid else 0
+        cdef hl_vcpu_state *reset = &_reset_states[mode]
         self.memory = memory
         if len(slots) > 8:
             raise ValueError("at most 8 memory slots")
@@ -230,8 +232,8 @@ cdef class VirtualMachine:
             setup.regions = regions
             setup.state = state
             # The first VM of the process reads a new vCPU's state before loading anything.
-            setup.parts = 0 if state == NULL or not _have_reset_state else \
-                HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, &_reset_state, HL_LOAD_FPU_MSRS)
+            setup.parts = 0 if state == NULL or not _have_reset_state[mode] else \
+                HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, reset, HL_LOAD_FPU_MSRS)
             setup.flags = (HL_SETUP_SERIAL if _serial_setup else 0) | (0 if set_cpuid else HL_SETUP_NO_CPUID)
             setup.run_size = _run_size
             setup.ring_bytes = DIRTY_RING_ENTRIES * 16 if self.uses_dirty_ring else 0
@@ -252,13 +254,14 @@ cdef class VirtualMachine:
                     raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(setup.err)}")
                 raise OSError(setup.err, f"{step}: {os.strerror(setup.err)}")
             what = HL_LOAD_REGS | HL_LOAD_SREGS  # staged for the first run (sync regs: no ioctl)
-            if not _have_reset_state:
-                rc = hl_save_state(self.vcpu_fd, &_reset_state)
+            if not _have_reset_state[mode]:
+                rc = hl_save_state(self.vcpu_fd, reset)
                 if rc < 0:
                     raise OSError(-rc, f"reading a new vCPU's state: {os.strerror(-rc)}")
-                _have_reset_state = True
+                _have_reset_state[mode] = True
                 if state != NULL:
-                    what |= HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, &_reset_state, HL_LOAD_FPU_MSRS)
+                    what |= HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, reset, HL_LOAD_FPU_MSRS)
+            self.reset = reset
             self.at_reset = HL_LOAD_FPU_MSRS & ~(setup.parts | what)
             if state != NULL:
                 rc = hl_load_state(self.vcpu_fd, self.run_ptr, state, self.sync_regs, what)
@@ -570,7 +573,7 @@ cdef class VirtualMachine:
             raise ValueError(f"vCPU state is {state.shape[0]} bytes, expected {sizeof(hl_vcpu_state)}")
         cdef const hl_vcpu_state *st = <const hl_vcpu_state *>&state[0]
         if self.at_reset:  # loading what the vCPU already holds changes nothing
-            what &= ~hl_state_same_parts(st, &_reset_state, what & self.at_reset)
+            what &= ~hl_state_same_parts(st, self.reset, what & self.at_reset)
         self.at_reset &= ~what
         cdef int rc = hl_load_state(self.vcpu_fd, self.run_ptr, st, self.sync_regs, what)
         if rc < 0:
