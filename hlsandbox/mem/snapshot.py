@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional, Union
 from ..errors import InvalidSnapshot, SnapshotMismatch
 from ..func.types import Signature, ValueType
 from .layout import PAGE, SandboxMemoryLayout
-from .shared_memory import SharedMemory, nonzero_pages, page_runs  # noqa: F401 (page_runs: API)
+from .shared_memory import SharedMemory, nonzero_pages
 
 # _lazy_note: modules that load C extensions (json here) are imported where used, not at
 # import time: each adds ~5 mappings to the process, and KVM_CREATE_VM locks every mapping

@@ -18,8 +18,7 @@ from ..hypervisor import kvm
 from ..mem.builder import build_guest_memory
 from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
-from ..mem.shared_memory import SharedMemory
-from ..mem.shared_memory import page_runs
+from ..mem.shared_memory import SharedMemory, page_runs
 from ..mem.snapshot import Snapshot, data_extents
 from ..mem.system_tables import (GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
@@ -592,7 +591,7 @@ def _check_host_functions(snap: Snapshot, registry: HostFunctionRegistry) -> Non
 
 def _u64_pairs(pairs: list[tuple[int, int]]) -> memoryview:
     """(offset, size) pairs as a flat, read-only u64 buffer (what the Cython restore reads)."""
-    return memoryview(struct.pack(f"<{2 * len(pairs)}Q", *(x for p in pairs for x in p))).cast("Q")
+    return memoryview(struct.pack(f"@{2 * len(pairs)}Q", *(x for p in pairs for x in p))).cast("Q")
 
 
 def _copy_all(memory: SharedMemory, snap: Snapshot) -> None:
