@@ -181,6 +181,12 @@ def main() -> int:
               f"{heap_row['ratio_max']:.2f}], @p10 {heap_row['ratio_p10']:.2f}x; floor "
               f"{heap_row['floor_ratio']:.2f}x, @p10 {heap_row['floor_ratio_p10']:.2f}x; target <= "
               f"{HEAP_RATIO_TARGET:.2f}x: {'met' if heap_row['met'] else 'MISSED'}")
+    if "evolve+call" in hl_rounds[0]:
+        speedup = [hr["evolve+call"][0] / hr["from_snapshot+call"][0] for hr in hl_rounds]
+        print("\n-- cold evolve() against from_snapshot(), each with its first call --")
+        print(f"evolve+call / from_snapshot+call: {statistics.median(speedup):.2f}x [{min(speedup):.2f}-"
+              f"{max(speedup):.2f}] (median {med(hl_rounds, 'evolve+call', 0):.0f} us against "
+              f"{med(hl_rounds, 'from_snapshot+call', 0):.0f} us)")
 
     if args.json:
         with open(args.json, "w") as fh:
