@@ -86,6 +86,7 @@ class MultiUseSandbox:
         self._baseline: Optional[Snapshot] = None  # what the dirty pages are relative to
         self._init_snapshot: Optional[Snapshot] = None
         self._init_plan: Optional[RestorePlan] = None
+        self._last_plan: Optional[tuple[Snapshot, RestorePlan]] = None  # see _plan_for()
         self._pending: Optional[Snapshot] = None  # restored, vCPU not run since (state staged)
         self._pending_generation = -1
         self.layout = layout
@@ -454,14 +455,20 @@ class MultiUseSandbox:
         self._pending, self._pending_generation = snap, self._vm.generation
 
     def _plan_for(self, snap: Snapshot) -> Optional[RestorePlan]:
-        """The fast-restore plan of an amd64 snapshot (kept for the init snapshot)."""
+        """The fast-restore plan of an amd64 snapshot (kept for the init snapshot and for
+        the last other snapshot asked for, normally the baseline)."""
         if self.layout.profile != "amd64":
             return None
         if snap is self._init_snapshot and self._init_plan is not None:
             return self._init_plan
+        cached = self._last_plan
+        if cached is not None and cached[0] is snap:
+            return cached[1]
         L = self.layout
-        return RestorePlan(self._memory, snap.image, self._restore_ranges, snap.vcpu_state, L.trampoline_gpa,
+        plan = RestorePlan(self._memory, snap.image, self._restore_ranges, snap.vcpu_state, L.trampoline_gpa,
                            TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
+        self._last_plan = (snap, plan)
+        return plan
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -498,7 +505,7 @@ class MultiUseSandbox:
         # The snapshots this sandbox keeps hold a memfd and a mapping each; a closed
         # sandbox that is still referenced must not keep them (a user's own stay open).
         self._init_snapshot = self._baseline = self._pending = None
-        self._init_plan = None
+        self._init_plan = self._last_plan = None
 
     def __enter__(self) -> "MultiUseSandbox":
         return self
