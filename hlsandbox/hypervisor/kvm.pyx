@@ -69,7 +69,7 @@ CANCEL_SIGNAL = _signal.SIGRTMIN + 2
 cdef int _kvm_fd = -1
 cdef int _run_size = 0
 # The FPU state and MSRs of a vCPU that has not run, read once per process for vCPUs with
-# and without a CPUID table ([1] and [0]; KVM's XSAVE export depends on the table):
+# and without a CPUID table ([1] and [0]; what KVM exports may depend on the table):
 # loading a snapshot whose parts equal them into a new vCPU skips those vCPU ioctls (a
 # CPL3 guest cannot change MSRs, so amd64 snapshots never need KVM_SET_MSRS there).
 cdef hl_vcpu_state _reset_states[2]

@@ -29,8 +29,8 @@ static inline struct kvm_sregs *hl_sync_sregs(struct kvm_run *r) { return &r->s.
 
 /* KVM_GET_SUPPORTED_CPUID on the system fd (once per process: it costs ~370 us on
  * kvm-pvm), then KVM_SET_CPUID2 on the vCPU: the guest's view of the CPU on hardware
- * KVM, and on kvm-pvm what lets guest physical addresses pass 36 bits and KVM_GET_XSAVE
- * carry AVX state. Runs without the GIL: a mutex guards the cache fill. */
+ * KVM and for CPL0 guests, and the guest's physical address width (36 bits without a
+ * table). Runs without the GIL: a mutex guards the cache fill. */
 static struct kvm_cpuid2 *hl_supported_cpuid;
 static pthread_mutex_t hl_cpuid_lock = PTHREAD_MUTEX_INITIALIZER;
 static inline int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd) {

@@ -135,8 +135,9 @@ struct hl_vm_setup {
   int err, failed_slot;
 };
 
-/* The vCPU side: vCPU 0, its CPUID (unless HL_SETUP_NO_CPUID), then (KVM checks XSAVE
- * state against the CPUID's features) the state's parts, kvm_run and the dirty ring. */
+/* The vCPU side: vCPU 0, its CPUID (unless HL_SETUP_NO_CPUID), then the state's parts
+ * (after the CPUID, which decides the XSAVE features KVM exposes), kvm_run and the
+ * dirty ring. */
 static void hl_setup_vcpu(struct hl_vm_setup *s) {
   int rc;
   s->vcpu_fd = ioctl(s->vm_fd, KVM_CREATE_VCPU, 0);
