@@ -419,6 +419,10 @@ class MultiUseSandbox:
         if self._closed:
             self._refuse("")
         snap = self._init_snapshot if snapshot is None else snapshot
+        if snap is self._baseline and self._init_plan is not None:  # amd64: the fast path, in Cython
+            self._path.restore(self._plan_for(snap))
+            self._after_restore(snap)
+            return
         if not isinstance(snap, Snapshot):
             raise TypeError(f"restore() takes a Snapshot, not {type(snap).__name__}")
         if snap is not self._baseline:
