@@ -272,7 +272,7 @@ class SandboxMemoryLayout:
 
     def slots(self) -> list[tuple[int, int, bool, int]]:
         """KVM memory slots (gpa, size, log_dirty, host_offset): three, because each slot
-        costs about 55 us to create on kvm-pvm. The heap, the guard page and the deep stack
+        costs 11-55 us to create on kvm-pvm. The heap, the guard page and the deep stack
         log the pages the guest writes, so restoring them costs what was written. What every
         call writes (the top of the stack, the I/O buffers) is cheaper copied whole than
         logged (a logged write costs a write-protection fault), so it shares an unlogged

@@ -51,7 +51,11 @@ def test_sandboxes_run_whichever_thread_registered_the_slots(setup_mode, snap):
             assert sb.call("GetStatic") == 77
             assert sb.call("CallHostAdd", 2, 3) == 5
             addr = sb.layout.heap_gpa + (64 << 10)
-            assert sb.call("WritePages", addr, 10, restore=True) == 10  # the logged slot logs
+            before = sb.read_memory(addr, 10 * 4096)
+            assert sb.call("WritePages", addr, 10) == 10
+            assert sb.read_memory(addr, 10 * 4096) != before
+            sb.restore()  # the logged slot found the pages written
+            assert sb.read_memory(addr, 10 * 4096) == before
             assert sb.call("GetStatic") == 77
 
 
