@@ -163,7 +163,3 @@ cdef class RestorePlan:
         memcpy(self.dst.base + self.trampoline + self.fxsave_offset, hl_state_fxsave(st), 512)
         hl_stage_registers(vm.run_ptr, st, self.trampoline)
         return 0
-
-    def apply_claimed(self, VirtualMachine vm):
-        """apply() for Python: the caller has claimed the vCPU."""
-        self.apply(vm)

@@ -419,8 +419,9 @@ class MultiUseSandbox:
         if self._closed:
             self._refuse("")
         snap = self._init_snapshot if snapshot is None else snapshot
-        if snap is self._baseline and self._init_plan is not None:  # amd64: the fast path, in Cython
-            self._path.restore(self._plan_for(snap))
+        plan = self._plan_for(snap) if snap is self._baseline else None
+        if plan is not None:  # amd64: the fast path, one Cython call
+            self._path.restore(plan)
             self._after_restore(snap)
             return
         if not isinstance(snap, Snapshot):
@@ -436,10 +437,7 @@ class MultiUseSandbox:
         path = self._path
         path.begin()
         try:
-            L = self.layout
-            if snap is self._baseline and L.profile == "amd64":
-                self._plan_for(snap).apply_claimed(vm)
-            elif snap is self._baseline:  # no trampoline without 64-bit code: KVM_SET_XSAVE
+            if snap is self._baseline:  # i686: no trampoline without 64-bit code: KVM_SET_XSAVE
                 restore_pages(vm, self._memory, snap.image, self._restore_ranges)
                 vm.load_state(snap.vcpu_state, kvm.LOAD_REGS | kvm.LOAD_SREGS | kvm.LOAD_FPU)
             else:
