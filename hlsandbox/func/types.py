@@ -44,7 +44,7 @@ _ALIASES: dict[Any, ValueType] = {
 
 def to_value_type(t: Any) -> ValueType:
     """Accepts a ValueType, a tag, or the Python types bool/str/bytes/int/float/None."""
-    if type(t) is ValueType or isinstance(t, ValueType):
+    if isinstance(t, ValueType):
         return t
     if isinstance(t, int) and not isinstance(t, bool):
         try:
