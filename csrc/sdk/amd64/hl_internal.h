@@ -73,6 +73,9 @@ _Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");
 
 /* ---- libc_glue.c: the C library's system ---- */
 
+/* The built-in raw host function the clocks use (docs/abi.md, "Time"). */
+#define HL_RAW_FN_CLOCK 0xFFFFFF01u
+
 /* Sets up the thread block the host points FS at; first thing at entry. */
 void hl_libc_init(uint64_t seed);
 /* Sends what the guest left in stdout's buffer (after init and each call). */
