@@ -7,6 +7,7 @@ import time
 import typing
 from typing import Any, Callable, Iterable, Optional
 
+from ..abi import RawBuiltin
 from .types import Signature, ValueType, to_value_type
 
 
@@ -72,7 +73,7 @@ def signature_of(name: str, fn: Callable[..., Any], params: Optional[Iterable[An
 
 # Built-in raw host functions every sandbox has (docs/abi.md, "Time"); a raw host
 # function registered with the same id replaces the built-in.
-RAW_FN_CLOCK = 0xFFFFFF01
+RAW_FN_CLOCK = int(RawBuiltin.CLOCK)
 _CLOCK_REPLY = struct.Struct("<3q")
 
 
