@@ -123,3 +123,7 @@ class SnapshotMismatch(HyperlightError):
 
 class InvalidSnapshot(HyperlightError):
     """A snapshot file is truncated, corrupt or of an unknown version."""
+
+
+class SnapshotClosed(HyperlightError, ValueError):
+    """The snapshot was closed (Snapshot.close() or the end of its `with` block)."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from ..errors import InvalidSnapshot, SnapshotMismatch
+from ..errors import InvalidSnapshot, SnapshotClosed, SnapshotMismatch
 from ..func.types import Signature, ValueType
 from .layout import PAGE, SandboxMemoryLayout
 from .shared_memory import SharedMemory, nonzero_pages
@@ -96,6 +97,8 @@ class Snapshot:
                  copy_ranges: list[tuple[int, int]], raw_host_functions: Iterable[int] = (),
                  path: Optional[str] = None) -> None:
         self._fd = fd
+        self._closed = False
+        self._adopted = False  # a sandbox runs on it (its init snapshot): close() defers the release
         self.offset = offset
         self.layout = layout
         self.vcpu_state = vcpu_state
@@ -132,6 +135,7 @@ class Snapshot:
 
     def map_private(self) -> SharedMemory:
         """A copy-on-write mapping of the image: guest memory for a new sandbox."""
+        self._check_open()
         return SharedMemory.from_fd(self._fd, self.layout.total_size, self.offset, writable=True, shared=False)
 
     @property
@@ -150,8 +154,14 @@ class Snapshot:
         return json.dumps(meta, sort_keys=True).encode()
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Writes the snapshot to a file (sparse: zero pages take no disk space)."""
+        """Writes the snapshot to a file (sparse: zero pages take no disk space). The file
+        appears whole or not at all: it is written under a temporary name beside `path`
+        and renamed; on failure (a directory, a place that cannot be written) the error
+        says so and nothing is left behind."""
+        self._check_open()
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, f"cannot save the snapshot to {path}: it is a directory", str(path))
         meta = self._metadata()
         size = self.layout.total_size
         header_size = -(-(HEADER.size + len(meta) + len(self.vcpu_state)) // PAGE) * PAGE
@@ -161,29 +171,41 @@ class Snapshot:
             head = HEADER.pack(MAGIC, FORMAT_VERSION, header_size, size, crc,
                                zlib.crc32(meta + self.vcpu_state), len(meta), len(self.vcpu_state))
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                _pwrite_all(fd, head + meta + self.vcpu_state, 0)
-                for a, b in extents:
-                    _pwrite_all(fd, image[a:b], header_size + a)
-                os.ftruncate(fd, header_size + size)
-                os.fsync(fd)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise type(e)(e.errno, f"cannot save the snapshot to {path}: {e.strerror}", str(path)) from None
+            try:
+                try:
+                    _pwrite_all(fd, head + meta + self.vcpu_state, 0)
+                    for a, b in extents:
+                        _pwrite_all(fd, image[a:b], header_size + a)
+                    os.ftruncate(fd, header_size + size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise type(e)(e.errno, f"cannot save the snapshot to {path}: {e.strerror}", str(path)) from None
             except BaseException:
-                os.close(fd)
                 tmp.unlink(missing_ok=True)
                 raise
-            os.close(fd)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Snapshot":
         """Reads and verifies a snapshot file; the file is opened read-only and never modified."""
-        path = str(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        path = os.fspath(path)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             raise InvalidSnapshot(f"cannot open snapshot {path}: {e.strerror}") from None
         try:
+            kind = _file_kind(os.fstat(fd).st_mode)
+            if kind:
+                raise InvalidSnapshot(f"cannot load snapshot {path}: it is {kind}, not a regular file")
             return cls._load_fd(fd, path)
         except BaseException:
             os.close(fd)
@@ -260,24 +282,48 @@ class Snapshot:
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._closed or self._fd < 0
+
+    def _check_open(self) -> None:
+        if self._closed or self._fd < 0:
+            raise SnapshotClosed("the snapshot is closed")
+
+    def _adopt(self) -> None:
+        """A sandbox starts from this snapshot and restores to it: close() must not pull
+        the image from under it (the release then waits for garbage collection)."""
+        self._check_open()
+        self._adopted = True
 
     def close(self) -> None:
-        """Releases the image; sandboxes created from it keep their own mappings."""
+        """Closes the snapshot: it can no longer be saved, restored or started from. Its
+        image is released now, or, if sandboxes were created from it (they restore to it),
+        once they and the snapshot are gone."""
+        self._closed = True
+        if not self._adopted:
+            self._release()
+
+    def _release(self) -> None:
         if self._fd >= 0:
             self.image.close()
             os.close(self._fd)
             self._fd = -1
 
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def __del__(self) -> None:
         try:
-            self.close()
+            self._release()
         except Exception:
             pass
 
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""
-        return f"<Snapshot {self.profile}/{self.arch}, {self.layout.total_size} bytes{where}>"
+        closed = ", closed" if self.closed else ""
+        return f"<Snapshot {self.profile}/{self.arch}, {self.layout.total_size} bytes{where}{closed}>"
 
 
 REGS = struct.Struct("<18Q")
@@ -309,6 +355,34 @@ def check_vcpu_state(state: bytes, layout: SandboxMemoryLayout, path: str) -> No
         problems.append(f"CR0 {cr0:#x} is not protected mode without paging")
     if problems:
         raise InvalidSnapshot(f"{path}: vCPU state is invalid: {'; '.join(problems)}")
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is ("" for a regular file)."""
+    if stat.S_ISREG(mode):
+        return ""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def is_snapshot_file(guest: Any) -> bool:
+    """Whether `guest` (bytes or a path) holds an hlsandbox snapshot (its magic), without
+    blocking on a FIFO or reading more than the magic."""
+    if isinstance(guest, (bytes, bytearray, memoryview)):
+        return bytes(guest[:len(MAGIC)]) == MAGIC
+    try:
+        fd = os.open(guest, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (OSError, TypeError, ValueError):
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(MAGIC), 0) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: Any, offset: int) -> None:

@@ -186,8 +186,9 @@ class MultiUseSandbox:
     def _restored(cls, snap: Snapshot, config: Optional[SandboxConfiguration],
                   host_functions: HostFunctionRegistry, writer: Any,
                   counter: Optional[GuestCounter] = None) -> "MultiUseSandbox":
-        if not isinstance(snap, Snapshot) or snap.closed:
-            raise ValueError("the snapshot is closed")
+        if not isinstance(snap, Snapshot):
+            raise TypeError(f"expected a Snapshot, not {type(snap).__name__}")
+        snap._adopt()  # raises SnapshotClosed
         L = snap.layout
         if config is not None:
             _check_config(config, L)
@@ -421,11 +422,15 @@ class MultiUseSandbox:
         snap = self._init_snapshot if snapshot is None else snapshot
         plan = self._plan_for(snap) if snap is self._baseline else None
         if plan is not None:  # amd64: the fast path, one Cython call
+            if snapshot is not None and snap._closed:
+                snap._check_open()
             self._path.restore(plan)
             self._after_restore(snap)
             return
         if not isinstance(snap, Snapshot):
             raise TypeError(f"restore() takes a Snapshot, not {type(snap).__name__}")
+        if snapshot is not None:
+            snap._check_open()
         if snap is not self._baseline:
             if snap.layout.describe() != self.layout.describe():
                 raise SnapshotMismatch("the snapshot's memory layout differs from this sandbox's")
