@@ -335,8 +335,9 @@ def load_error(path):
 
 @pytest.mark.parametrize("field,value,match", [
     ("magic", b"NOTSNAP!", "bad magic"),
-    ("version", 1, "format version 1, this hlsandbox reads 2"),  # the layout before the buffers moved
-    ("version", 3, "format version 3, this hlsandbox reads 2"),
+    ("version", 1, "format version 1, this hlsandbox reads 3"),
+    ("version", 2, "format version 2, this hlsandbox reads 3"),  # before the debug registers were saved
+    ("version", 4, "format version 4, this hlsandbox reads 3"),
     ("header_size", 4097, "header size"),
     ("header_size", 0, "header size"),
     ("memory_size", 12345, "memory size"),
