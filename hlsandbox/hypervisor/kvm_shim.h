@@ -134,7 +134,9 @@ static inline int hl_load_state(int vcpu, struct kvm_run *run, const struct hl_v
     memset(&m, 0, sizeof m);
     m.h.nmsrs = s->nmsrs > HL_NMSRS ? HL_NMSRS : s->nmsrs;
     memcpy(m.e, s->msrs, sizeof m.e);
-    if (ioctl(vcpu, KVM_SET_MSRS, &m) < 0) return -errno;
+    int set = ioctl(vcpu, KVM_SET_MSRS, &m);
+    if (set < 0) return -errno;
+    if ((uint32_t)set != m.h.nmsrs) return -EINVAL; /* KVM stops at the first value it refuses */
   }
   if ((what & HL_LOAD_DEBUG) && ioctl(vcpu, KVM_SET_DEBUGREGS, &s->debugregs) < 0) return -errno;
   return 0;

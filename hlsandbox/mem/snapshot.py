@@ -16,8 +16,10 @@ from typing import Any, Iterable, Optional, Union
 
 from ..errors import InvalidSnapshot, SnapshotClosed, SnapshotMismatch
 from ..func.types import Signature, ValueType
-from .layout import PAGE, SandboxMemoryLayout
+from ..hypervisor.vcpu_state import STATE_SIZE, Expected, state_problems
+from .layout import PAGE, TSS_SIZE, SandboxMemoryLayout
 from .shared_memory import SharedMemory, nonzero_pages
+from .system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT
 
 # _lazy_note: modules that load C extensions (json here) are imported where used, not at
 # import time: each adds ~5 mappings to the process, and KVM_CREATE_VM locks every mapping
@@ -71,18 +73,33 @@ def _parse_sigs(items: Any, what: str) -> list[Signature]:
     if not isinstance(items, list):
         raise InvalidSnapshot(f"{what}: not a list")
     out = []
+    names = set()
     for it in items:
         try:
             name, params, ret = it
-            if not isinstance(name, str) or not name or not isinstance(params, list) or len(params) > 255:
+            if not _valid_name(name) or not isinstance(params, list) or len(params) > 255 or \
+                    not all(type(t) is int for t in params + [ret]):
                 raise ValueError
             sig = Signature(name, tuple(ValueType(p) for p in params), ValueType(ret))
             if any(p == ValueType.VOID for p in sig.params):
                 raise ValueError
         except (TypeError, ValueError):
             raise InvalidSnapshot(f"{what}: malformed entry {it!r:.80}") from None
+        if name in names:
+            raise InvalidSnapshot(f"{what}: {name!r:.80} appears twice")
+        names.add(name)
         out.append(sig)
     return out
+
+
+def _valid_name(name: Any) -> bool:
+    """A function name as the wire format carries it: non-empty UTF-8, at most 65535 bytes."""
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        return len(name.encode()) <= 0xFFFF
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON)
+        return False
 
 
 class Snapshot:
@@ -213,7 +230,6 @@ class Snapshot:
 
     @classmethod
     def _load_fd(cls, fd: int, path: str) -> "Snapshot":
-        from ..hypervisor.kvm import STATE_SIZE
         file_size = os.fstat(fd).st_size
         head = os.pread(fd, HEADER.size, 0)
         if len(head) < HEADER.size:
@@ -326,33 +342,22 @@ class Snapshot:
         return f"<Snapshot {self.profile}/{self.arch}, {self.layout.total_size} bytes{where}{closed}>"
 
 
-REGS = struct.Struct("<18Q")
-
-
-def vcpu_rip_rsp(state: bytes) -> tuple[int, int]:
-    regs = REGS.unpack_from(state, 0)
-    return regs[16], regs[6]
+def expected_vcpu(layout: SandboxMemoryLayout) -> Expected:
+    """What the vCPU of a sandbox with this layout may hold (hypervisor/vcpu_state.py)."""
+    L = layout
+    if L.profile == "amd64":
+        gdt, idt, tss = (L.gdt_gpa, GDT_LIMIT), (L.idt_gpa, IDT_LIMIT), (L.tss_gpa, TSS_SIZE - 1, 0x28)
+    else:
+        gdt, idt, tss = (L.gdt_gpa, GDT_I686_LIMIT), (L.idt_gpa, IDT_I686_LIMIT), (L.tss_gpa, 0x67, 0x18)
+    return Expected(L.profile, (L.code_gpa, L.code_gpa + L.image_size), (L.stack_gpa, L.stack_top), L.pt_gpa,
+                    gdt, idt, tss)
 
 
 def check_vcpu_state(state: bytes, layout: SandboxMemoryLayout, path: str) -> None:
-    """The state must be the profile's mode, in this layout's code, with its stack (and,
-    amd64, its page tables)."""
-    rip, rsp = vcpu_rip_rsp(state)
-    cs_selector, = struct.unpack_from("<H", state, REGS.size + 12)
-    cs_dpl = state[REGS.size + 16]
-    cr0, _cr2, cr3 = struct.unpack_from("<3Q", state, REGS.size + 8 * 24 + 2 * 16)
-    problems = []
-    if not layout.code_gpa <= rip < layout.code_gpa + layout.image_size:
-        problems.append(f"rip {rip:#x} is outside the guest code")
-    if not layout.stack_gpa < rsp <= layout.stack_top:
-        problems.append(f"rsp {rsp:#x} is outside the stack")
-    if layout.profile == "amd64":
-        if cs_selector != 0x23 or cs_dpl != 3:
-            problems.append(f"CS {cs_selector:#x} (DPL {cs_dpl}) is not the CPL3 code segment")
-        if cr3 != layout.pt_gpa:
-            problems.append(f"CR3 {cr3:#x} is not the page tables at {layout.pt_gpa:#x}")
-    elif cr0 & 0x80000001 != 1:
-        problems.append(f"CR0 {cr0:#x} is not protected mode without paging")
+    """Every field of the state KVM will load must be one the profile produces: the
+    profile's CPU mode and tables, RIP in this layout's code, RSP in its stack, no state
+    a guest of the profile cannot reach (hypervisor/vcpu_state.py)."""
+    problems = state_problems(state, expected_vcpu(layout))
     if problems:
         raise InvalidSnapshot(f"{path}: vCPU state is invalid: {'; '.join(problems)}")
 
