@@ -37,10 +37,11 @@ class UninitializedSandbox:
                 self.binary = GuestBinary.coerce(guest)
             except InvalidGuestBinary as e:
                 if is_snapshot_file(guest):
+                    what = "<bytes>" if isinstance(guest, (bytes, bytearray, memoryview)) else os.fspath(guest)
                     raise InvalidGuestBinary(
-                        f"{os.fspath(guest)!s} is an hlsandbox snapshot file, not a guest ELF: start a sandbox from "
-                        f"it with MultiUseSandbox.from_snapshot(path) (UninitializedSandbox takes snapshot files "
-                        f"named *.hlsnap)") from e
+                        f"{what!s} is an hlsandbox snapshot file, not a guest ELF: start a sandbox from it with "
+                        f"MultiUseSandbox.from_snapshot(path) (UninitializedSandbox takes snapshot files named "
+                        f"*.hlsnap)") from e
                 raise
         if config is not None and not isinstance(config, SandboxConfiguration):
             raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
