@@ -45,7 +45,10 @@ RFLAGS_FIXED = 0x2
 AMD64_RFLAGS_BITS = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4000 | 0x10000 | 0x40000 | 0x200000
 # Every architectural flag but VM (virtual-8086 mode), VIF and VIP.
 I686_RFLAGS_BITS = AMD64_RFLAGS_BITS | 0x200 | 0x3000
-XSTATE_LEGACY = 0x3  # x87, SSE: the components hlsandbox guests' vCPUs expose
+XSTATE_LEGACY = 0x3  # x87, SSE: the components hlsandbox guests can use
+# KVM also reports PKRU on hosts with protection keys (the standard-format XSAVE area
+# keeps it at 0xA80); a host without them refuses it (a SnapshotMismatch at from_snapshot).
+XSTATE_PKRU, PKRU_AT = 1 << 9, 0xA80
 
 
 @dataclass(frozen=True)
@@ -190,12 +193,12 @@ def _xsave_problems(state: bytes) -> list[str]:
     if mxcsr >> 16:
         p.append(f"MXCSR {mxcsr:#x} sets reserved bits")
     xstate_bv, xcomp_bv = struct.unpack_from("<QQ", state, x + 512)
-    if xstate_bv & ~XSTATE_LEGACY:
-        p.append(f"XSAVE header: state components {xstate_bv:#x} beyond x87 and SSE")
+    if xstate_bv & ~(XSTATE_LEGACY | XSTATE_PKRU):
+        p.append(f"XSAVE header: state components {xstate_bv:#x} beyond x87, SSE and PKRU")
     if xcomp_bv or any(state[x + 528:x + 576]):
         p.append("XSAVE header: compacted format or reserved bytes set")
-    if any(state[x + 576:x + XSAVE_SIZE]):
-        p.append("XSAVE: extended state beyond x87 and SSE")
+    if any(state[x + 576:x + PKRU_AT]) or any(state[x + PKRU_AT + 4:x + XSAVE_SIZE]):
+        p.append("XSAVE: extended state beyond x87, SSE and PKRU")
     return p
 
 

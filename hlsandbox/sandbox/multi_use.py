@@ -200,7 +200,15 @@ class MultiUseSandbox:
         self = cls._new(config, host_functions, writer, L, counter)
         self._copy_ranges, self._restore_ranges = snap.copy_ranges, derived.restore_ranges
         try:
-            self._attach(snap.map_private(), derived.slots, snap.vcpu_state)
+            try:
+                self._attach(snap.map_private(), derived.slots, snap.vcpu_state)
+            except OSError as e:
+                if "loading the vCPU state" not in str(e):
+                    raise
+                # The state passed the profile's checks (Snapshot.load, or taken here), so
+                # this KVM lacks a feature the saving host had (PKRU, an MSR).
+                raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
+                                       f"was it saved on a host with other CPU features?") from e
             self._write_trampoline()
             self._pending, self._pending_generation = snap, self._vm.generation
             self._set_functions_from(derived)
@@ -453,7 +461,10 @@ class MultiUseSandbox:
                 vm.discard_dirty_pages()
                 _copy_all(self._memory, snap)
                 self._write_trampoline()
-                vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
+                # A CPL3 (amd64) guest cannot set debug registers: its snapshots hold a new
+                # vCPU's (checked for files), so that ioctl is skipped.
+                vm.load_state(snap.vcpu_state, kvm.LOAD_ALL if self.layout.profile == "i686"
+                              else kvm.LOAD_ALL & ~kvm.LOAD_DEBUG)
                 self._baseline = snap
             path.poisoned = False
             self._after_restore(snap)

@@ -113,6 +113,8 @@ def exercise(base: Base) -> str:
             else:
                 sb = Base.i686_uninitialized(snap).evolve()
         except (hl.InvalidSnapshot, hl.SnapshotMismatch) as e:
+            # KVM refusing a state the checks let through is a missing check, not another host.
+            assert not isinstance(e.__cause__, OSError), f"KVM refused a state the checks passed: {e.__cause__}"
             return f"start refused: {type(e).__name__}"
         with sb:
             outcome = "ran"
@@ -349,6 +351,7 @@ FIELD = {name: (off, size) for name, off, size in FIELDS}
     ("amd64", "apic_base", 0xFEE00D00, "APIC base"),  # x2APIC
     ("amd64", "irq1", 1, "interrupt is pending"),
     ("amd64", "xstate_bv", 0x7, "XSAVE header"),
+    ("amd64", "ymmh0", 1, "extended state"),
     ("amd64", "xstate_bv", 1 << 63, "XSAVE header"),
     ("amd64", "xcomp_bv", 1 << 63, "XSAVE header"),
     ("amd64", "mxcsr", 0x1F80 | 1 << 20, "MXCSR"),
@@ -394,3 +397,22 @@ def test_each_loaded_field_is_checked(bases, profile, field, value, match):
 def test_state_layout_matches_the_c_struct():
     assert vs.STATE_SIZE == kvm.STATE_SIZE
     assert struct.calcsize("<18Q") == vs.SREGS_AT
+
+
+def test_state_of_a_host_with_other_features_is_a_mismatch(bases):
+    # PKRU in the XSAVE image passes the profile's checks (hosts with protection keys save
+    # it); a KVM without protection keys refuses it: a SnapshotMismatch, not an OSError.
+    base = bases["amd64"]
+    state = bytearray(base.state)
+    off, size = FIELD["xstate_bv"]
+    state[off:off + size] = (3 | 1 << 9).to_bytes(size, "little")
+    assert base.write(json.dumps(base.meta).encode(), bytes(state))
+    with hl.Snapshot.load(base.path) as snap:
+        try:
+            sb = hl.MultiUseSandbox.from_snapshot(snap, host_functions=HOST)
+        except hl.SnapshotMismatch as e:
+            assert "saved on a host with other CPU features" in str(e)
+            assert "pku" not in open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
+        else:
+            with sb:
+                assert sb.call("Echo", "x") == "x"
