@@ -463,8 +463,13 @@ class MultiUseSandbox:
                 self._write_trampoline()
                 # A CPL3 (amd64) guest cannot set debug registers: its snapshots hold a new
                 # vCPU's (checked for files), so that ioctl is skipped.
-                vm.load_state(snap.vcpu_state, kvm.LOAD_ALL if self.layout.profile == "i686"
-                              else kvm.LOAD_ALL & ~kvm.LOAD_DEBUG)
+                try:
+                    vm.load_state(snap.vcpu_state, kvm.LOAD_ALL if self.layout.profile == "i686"
+                                  else kvm.LOAD_ALL & ~kvm.LOAD_DEBUG)
+                except OSError as e:
+                    path.poisoned = True  # memory is the snapshot's, the vCPU is not
+                    raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
+                                           f"was it saved on a host with other CPU features?") from e
                 self._baseline = snap
             path.poisoned = False
             self._after_restore(snap)

@@ -31,7 +31,7 @@ from hlsandbox.hypervisor import kvm
 from hlsandbox.hypervisor import vcpu_state as vs
 from hlsandbox.mem.snapshot import HEADER
 
-from conftest import host_add
+from conftest import host_add, make_sandbox
 
 pytestmark = pytest.mark.kvm
 LONG = os.environ.get("HLSANDBOX_LONG_FUZZ") == "1"
@@ -416,3 +416,10 @@ def test_state_of_a_host_with_other_features_is_a_mismatch(bases):
         else:
             with sb:
                 assert sb.call("Echo", "x") == "x"
+        with make_sandbox() as other:
+            try:
+                other.restore(snap)
+            except hl.SnapshotMismatch as e:
+                assert "saved on a host with other CPU features" in str(e) and other.poisoned
+                other.restore()
+            assert other.call("Echo", "y") == "y"
