@@ -27,6 +27,6 @@ __all__ = [
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
     "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
-    "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch", "StackOverflow",
-    "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
+    "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch",
+    "StackOverflow", "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
 ]

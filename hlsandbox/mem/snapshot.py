@@ -25,7 +25,9 @@ from .system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT
 # import time: each adds ~5 mappings to the process, and KVM_CREATE_VM locks every mapping
 # of the process (~0.17 us each on kvm-pvm; docs/architecture.md).
 MAGIC = b"HLSNAP\x00\x00"
-FORMAT_VERSION = 3  # 2: the scratch region starts with the heap (buffers on top of the stack); 3: debug registers
+# 2: the scratch region starts with the heap (buffers on top of the stack); 3: the vCPU
+# state carries the debug registers
+FORMAT_VERSION = 3
 PROFILES = ("amd64", "i686")
 ARCH = "x86_64"
 HEADER = struct.Struct("<8sIIQIIII")  # magic, version, header size, memory size, memory crc, meta crc, meta size, state size

@@ -216,9 +216,13 @@ json_leaves = st.one_of(
     st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20), st.sampled_from(["\ud800", "\udfff", "", "Echo", "amd64", "i686", "x" * 0x10000]),
     st.sampled_from([0, 1, 4096, 2 ** 36, 2 ** 48, -1, 2 ** 64]))
-json_values = st.recursive(json_leaves, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                                st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                           max_leaves=8)
+
+
+def _json_containers(inner):
+    return st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=3))
+
+
+json_values = st.recursive(json_leaves, _json_containers, max_leaves=8)
 
 
 def _paths(value, prefix=()):
