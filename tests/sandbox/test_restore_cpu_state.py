@@ -50,9 +50,12 @@ def as_if_the_guest_wrote(state: bytes) -> bytes:
     return bytes(out)
 
 
-def i686_sandbox() -> hl.MultiUseSandbox:
+def i686_sandbox(counter: int = 0) -> hl.MultiUseSandbox:
+    """nanvixlike; with the counter at 0x5E75 its init sets IA32_SYSENTER_* and DR0/DR7."""
     u = hl.UninitializedSandbox(hl.guests.path("nanvixlike"), writer=io.StringIO())
-    u.guest_counter()
+    c = u.guest_counter()
+    for _ in range(counter):
+        c.increment()
     u.register_raw(1, lambda req: b"pong")
     u.register_raw(2, lambda req: b"")
     return u.evolve()
@@ -76,6 +79,23 @@ def test_i686_restore_resets_sysenter_msrs_and_debug_registers(which):
         got = sb._vm.save_state()
         assert {i: msrs(got)[i] for i in SYSENTER} == {i: msrs(want)[i] for i in SYSENTER}
         assert debugregs(got) == debugregs(want)
+
+
+def test_i686_guest_written_msrs_and_debug_registers_are_restored():
+    with i686_sandbox() as clean, i686_sandbox(0x5E75) as wrote:
+        written = wrote._vm.save_state()
+        assert [msrs(written)[i] for i in SYSENTER] == [0x8, 0x12345, 0x6789A]  # the guest's wrmsr
+        assert debugregs(written)[0] == 0x101000 and debugregs(written)[5] == 0x401  # its mov to DR0, DR7
+        want = clean.snapshot().vcpu_state
+        wrote.restore(clean.snapshot())
+        got = wrote._vm.save_state()
+        assert {i: msrs(got)[i] for i in SYSENTER} == {i: msrs(want)[i] for i in SYSENTER} \
+            == dict.fromkeys(SYSENTER, 0)
+        assert debugregs(got) == debugregs(want) == (0, 0, 0, 0, 0xFFFF0FF0, 0x400)
+        wrote.restore()  # its own state after init: what its guest wrote
+        again = wrote._vm.save_state()
+        assert [msrs(again)[i] for i in SYSENTER] == [0x8, 0x12345, 0x6789A]
+        assert debugregs(again) == debugregs(written)
 
 
 def test_i686_debug_registers_travel_in_snapshot_files(tmp_path):
