@@ -11,7 +11,7 @@ from .errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEmu
                      GuestBuildError, GuestFault, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
                      HostFunctionError, HostFunctionNotFound, HyperlightError, InvalidConfiguration,
                      InvalidGuestBinary, InvalidSnapshot, KvmUnavailable, MemoryAccessViolation,
-                     PoisonedSandbox, SnapshotMismatch, StackOverflow)
+                     PoisonedSandbox, SnapshotClosed, SnapshotMismatch, StackOverflow)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
@@ -27,6 +27,6 @@ __all__ = [
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
     "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
-    "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotMismatch", "StackOverflow",
-    "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
+    "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch",
+    "StackOverflow", "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
 ]

@@ -135,3 +135,7 @@ class GuestBuildError(HyperlightError):
 
     def __reduce__(self):
         return type(self), (self.args[0], self.output)
+
+
+class SnapshotClosed(HyperlightError, ValueError):
+    """The snapshot was closed (Snapshot.close() or the end of its `with` block)."""

@@ -42,13 +42,13 @@ EXIT_FAIL_ENTRY = -7
 EXIT_OTHER = -8
 
 # What VirtualMachine.load_state loads.
-LOAD_REGS, LOAD_SREGS, LOAD_FPU, LOAD_MSRS = 1, 2, 4, 8
-LOAD_ALL = 15
+LOAD_REGS, LOAD_SREGS, LOAD_FPU, LOAD_MSRS, LOAD_DEBUG = 1, 2, 4, 8, 16
+LOAD_ALL = 31
 
 cdef enum:
     HL_LOAD_REGS = 1
     HL_LOAD_SREGS = 2
-    HL_LOAD_FPU_MSRS = 4 | 8
+    HL_LOAD_FPU_MSRS = 4 | 8 | 16  # the parts loaded with vCPU ioctls: FPU, MSRs, debug registers
 DIRTY_RING_ENTRIES = 4096  # 64 KiB a vCPU; a fuller ring makes KVM exit and we harvest
 # HLSANDBOX_SERIAL_VM_SETUP=1: register memory slots before creating the vCPU, in line,
 # instead of on the helper thread of vm_setup.h (to measure what the overlap saves).
@@ -565,7 +565,8 @@ cdef class VirtualMachine:
         self.n_dirty = 0
 
     def save_state(self) -> bytes:
-        """Registers, segment registers, FPU/XSAVE state and MSRs (vCPU ioctls: not hot)."""
+        """Registers, segment registers, FPU/XSAVE state, MSRs and debug registers (vCPU
+        ioctls: not hot)."""
         self._check()
         cdef hl_vcpu_state st
         cdef int rc = hl_save_state(self.vcpu_fd, &st)

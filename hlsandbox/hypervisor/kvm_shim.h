@@ -83,6 +83,7 @@ struct hl_vcpu_state {
   struct kvm_xsave xsave; /* 4096 bytes: x87, SSE, AVX state */
   uint32_t nmsrs, pad;
   struct kvm_msr_entry msrs[HL_NMSRS];
+  struct kvm_debugregs debugregs; /* DR0-3, DR6, DR7: a CPL0 (i686) guest can set them */
 };
 
 static inline int hl_save_state(int vcpu, struct hl_vcpu_state *s) {
@@ -98,6 +99,7 @@ static inline int hl_save_state(int vcpu, struct hl_vcpu_state *s) {
   if (n < 0) return -errno;
   s->nmsrs = (uint32_t)n; /* KVM stops at the first MSR it does not know */
   memcpy(s->msrs, m.e, sizeof m.e);
+  if (ioctl(vcpu, KVM_GET_DEBUGREGS, &s->debugregs) < 0) return -errno;
   return 0;
 }
 
@@ -106,6 +108,7 @@ static inline int hl_save_state(int vcpu, struct hl_vcpu_state *s) {
 #define HL_LOAD_SREGS 2
 #define HL_LOAD_FPU 4
 #define HL_LOAD_MSRS 8
+#define HL_LOAD_DEBUG 16
 
 /* Loads parts of a saved state. General and segment registers go through
  * kvm_run's sync area when `sync` (applied by the next KVM_RUN, no ioctl);
@@ -131,12 +134,15 @@ static inline int hl_load_state(int vcpu, struct kvm_run *run, const struct hl_v
     memset(&m, 0, sizeof m);
     m.h.nmsrs = s->nmsrs > HL_NMSRS ? HL_NMSRS : s->nmsrs;
     memcpy(m.e, s->msrs, sizeof m.e);
-    if (ioctl(vcpu, KVM_SET_MSRS, &m) < 0) return -errno;
+    int set = ioctl(vcpu, KVM_SET_MSRS, &m);
+    if (set < 0) return -errno;
+    if ((uint32_t)set != m.h.nmsrs) return -EINVAL; /* KVM stops at the first value it refuses */
   }
+  if ((what & HL_LOAD_DEBUG) && ioctl(vcpu, KVM_SET_DEBUGREGS, &s->debugregs) < 0) return -errno;
   return 0;
 }
 
-/* Which of the FPU and MSR parts (HL_LOAD_FPU, HL_LOAD_MSRS) of `what` hold the same
+/* Which of the FPU, MSR and debug register parts (HL_LOAD_FPU, HL_LOAD_MSRS, HL_LOAD_DEBUG) of `what` hold the same
  * values in a and b: loading those into a vCPU that already has them changes nothing. */
 static inline int hl_state_same_parts(const struct hl_vcpu_state *a, const struct hl_vcpu_state *b, int what) {
   int same = 0;
@@ -144,6 +150,7 @@ static inline int hl_state_same_parts(const struct hl_vcpu_state *a, const struc
   if ((what & HL_LOAD_MSRS) && a->nmsrs == b->nmsrs && a->nmsrs <= HL_NMSRS &&
       !memcmp(a->msrs, b->msrs, a->nmsrs * sizeof a->msrs[0]))
     same |= HL_LOAD_MSRS;
+  if ((what & HL_LOAD_DEBUG) && !memcmp(&a->debugregs, &b->debugregs, sizeof a->debugregs)) same |= HL_LOAD_DEBUG;
   return same;
 }
 

@@ -47,9 +47,10 @@ def thread_pointer(image: ElfImage, layout: SandboxMemoryLayout) -> int:
 
 
 def build_guest_memory(image: ElfImage, layout: SandboxMemoryLayout, name: str,
-                       clear_avx: bool = False) -> SharedMemory:
+                       clear_avx: bool = False, clear_avx512: bool = False) -> SharedMemory:
     """Allocates guest memory and writes everything the guest needs before its first
-    instruction. `clear_avx`: see mem/trampoline.py (True on kvm-pvm)."""
+    instruction. `clear_avx`, `clear_avx512`: see mem/trampoline.py (True on kvm-pvm, the
+    second where the host has AVX-512)."""
     L = layout
     stubs = exception_stubs_gpa(image, L, name) if L.profile == "amd64" else 0
     shm = SharedMemory(L.total_size)
@@ -61,7 +62,7 @@ def build_guest_memory(image: ElfImage, layout: SandboxMemoryLayout, name: str,
                 write_i686_system_page(mem, L, I686_STUBS_OFFSET, I686_TSS_OFFSET)
             else:
                 write_system_tables(mem, L, stubs)
-                code = trampoline_code(clear_avx)
+                code = trampoline_code(clear_avx, clear_avx512)
                 mem[L.trampoline_gpa:L.trampoline_gpa + len(code)] = code
                 regions = RegionMap((r.gpa, r.end, r.flags) for r in L.regions(image))
                 with mem.cast("Q") as words:

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from ..errors import InvalidSnapshot, SnapshotMismatch
+from ..errors import InvalidSnapshot, SnapshotClosed, SnapshotMismatch
 from ..func.types import Signature, ValueType
-from .layout import PAGE, SandboxMemoryLayout
+from ..hypervisor.vcpu_state import STATE_SIZE, Expected, state_problems
+from .layout import PAGE, TSS_SIZE, SandboxMemoryLayout
 from .shared_memory import SharedMemory, nonzero_pages
+from .system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT
 
 # _lazy_note: modules that load C extensions (json here) are imported where used, not at
 # import time: each adds ~5 mappings to the process, and KVM_CREATE_VM locks every mapping
 # of the process (~0.17 us each on kvm-pvm; docs/architecture.md).
 MAGIC = b"HLSNAP\x00\x00"
-FORMAT_VERSION = 2  # 2: the scratch region starts with the heap (buffers on top of the stack)
+# 2: the scratch region starts with the heap (buffers on top of the stack); 3: the vCPU
+# state carries the debug registers
+FORMAT_VERSION = 3
 PROFILES = ("amd64", "i686")
 ARCH = "x86_64"
 HEADER = struct.Struct("<8sIIQIIII")  # magic, version, header size, memory size, memory crc, meta crc, meta size, state size
@@ -70,18 +75,33 @@ def _parse_sigs(items: Any, what: str) -> list[Signature]:
     if not isinstance(items, list):
         raise InvalidSnapshot(f"{what}: not a list")
     out = []
+    names = set()
     for it in items:
         try:
             name, params, ret = it
-            if not isinstance(name, str) or not name or not isinstance(params, list) or len(params) > 255:
+            if not _valid_name(name) or not isinstance(params, list) or len(params) > 255 or \
+                    not all(type(t) is int for t in params + [ret]):
                 raise ValueError
             sig = Signature(name, tuple(ValueType(p) for p in params), ValueType(ret))
             if any(p == ValueType.VOID for p in sig.params):
                 raise ValueError
         except (TypeError, ValueError):
             raise InvalidSnapshot(f"{what}: malformed entry {it!r:.80}") from None
+        if name in names:
+            raise InvalidSnapshot(f"{what}: {name!r:.80} appears twice")
+        names.add(name)
         out.append(sig)
     return out
+
+
+def _valid_name(name: Any) -> bool:
+    """A function name as the wire format carries it: non-empty UTF-8, at most 65535 bytes."""
+    if not isinstance(name, str) or not name:
+        return False
+    try:
+        return len(name.encode()) <= 0xFFFF
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON)
+        return False
 
 
 class Snapshot:
@@ -96,6 +116,8 @@ class Snapshot:
                  copy_ranges: list[tuple[int, int]], raw_host_functions: Iterable[int] = (),
                  path: Optional[str] = None) -> None:
         self._fd = fd
+        self._closed = False
+        self._adopted = False  # a sandbox runs on it (its init snapshot): close() defers the release
         self.offset = offset
         self.layout = layout
         self.vcpu_state = vcpu_state
@@ -132,6 +154,7 @@ class Snapshot:
 
     def map_private(self) -> SharedMemory:
         """A copy-on-write mapping of the image: guest memory for a new sandbox."""
+        self._check_open()
         return SharedMemory.from_fd(self._fd, self.layout.total_size, self.offset, writable=True, shared=False)
 
     @property
@@ -150,8 +173,14 @@ class Snapshot:
         return json.dumps(meta, sort_keys=True).encode()
 
     def save(self, path: Union[str, os.PathLike]) -> None:
-        """Writes the snapshot to a file (sparse: zero pages take no disk space)."""
+        """Writes the snapshot to a file (sparse: zero pages take no disk space). The file
+        appears whole or not at all: it is written under a temporary name beside `path`
+        and renamed; on failure (a directory, a place that cannot be written) the error
+        says so and nothing is left behind."""
+        self._check_open()
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, f"cannot save the snapshot to {path}: it is a directory", str(path))
         meta = self._metadata()
         size = self.layout.total_size
         header_size = -(-(HEADER.size + len(meta) + len(self.vcpu_state)) // PAGE) * PAGE
@@ -161,29 +190,41 @@ class Snapshot:
             head = HEADER.pack(MAGIC, FORMAT_VERSION, header_size, size, crc,
                                zlib.crc32(meta + self.vcpu_state), len(meta), len(self.vcpu_state))
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                _pwrite_all(fd, head + meta + self.vcpu_state, 0)
-                for a, b in extents:
-                    _pwrite_all(fd, image[a:b], header_size + a)
-                os.ftruncate(fd, header_size + size)
-                os.fsync(fd)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise type(e)(e.errno, f"cannot save the snapshot to {path}: {e.strerror}", str(path)) from None
+            try:
+                try:
+                    _pwrite_all(fd, head + meta + self.vcpu_state, 0)
+                    for a, b in extents:
+                        _pwrite_all(fd, image[a:b], header_size + a)
+                    os.ftruncate(fd, header_size + size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise type(e)(e.errno, f"cannot save the snapshot to {path}: {e.strerror}", str(path)) from None
             except BaseException:
-                os.close(fd)
                 tmp.unlink(missing_ok=True)
                 raise
-            os.close(fd)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "Snapshot":
         """Reads and verifies a snapshot file; the file is opened read-only and never modified."""
-        path = str(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        path = os.fspath(path)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             raise InvalidSnapshot(f"cannot open snapshot {path}: {e.strerror}") from None
         try:
+            kind = _file_kind(os.fstat(fd).st_mode)
+            if kind:
+                raise InvalidSnapshot(f"cannot load snapshot {path}: it is {kind}, not a regular file")
             return cls._load_fd(fd, path)
         except BaseException:
             os.close(fd)
@@ -191,7 +232,6 @@ class Snapshot:
 
     @classmethod
     def _load_fd(cls, fd: int, path: str) -> "Snapshot":
-        from ..hypervisor.kvm import STATE_SIZE
         file_size = os.fstat(fd).st_size
         head = os.pread(fd, HEADER.size, 0)
         if len(head) < HEADER.size:
@@ -260,55 +300,96 @@ class Snapshot:
 
     @property
     def closed(self) -> bool:
-        return self._fd < 0
+        return self._closed or self._fd < 0
+
+    def _check_open(self) -> None:
+        if self._closed or self._fd < 0:
+            raise SnapshotClosed("the snapshot is closed")
+
+    def _adopt(self) -> None:
+        """A sandbox starts from this snapshot and restores to it: close() must not pull
+        the image from under it (the release then waits for garbage collection)."""
+        self._check_open()
+        self._adopted = True
 
     def close(self) -> None:
-        """Releases the image; sandboxes created from it keep their own mappings."""
+        """Closes the snapshot: it can no longer be saved, restored or started from. Its
+        image is released now, or, if sandboxes were created from it (they restore to it),
+        once they and the snapshot are gone."""
+        self._closed = True
+        if not self._adopted:
+            self._release()
+
+    def _release(self) -> None:
         if self._fd >= 0:
             self.image.close()
             os.close(self._fd)
             self._fd = -1
 
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     def __del__(self) -> None:
         try:
-            self.close()
+            self._release()
         except Exception:
             pass
 
     def __repr__(self) -> str:
         where = f" from {self.path}" if self.path else ""
-        return f"<Snapshot {self.profile}/{self.arch}, {self.layout.total_size} bytes{where}>"
+        closed = ", closed" if self.closed else ""
+        return f"<Snapshot {self.profile}/{self.arch}, {self.layout.total_size} bytes{where}{closed}>"
 
 
-REGS = struct.Struct("<18Q")
-
-
-def vcpu_rip_rsp(state: bytes) -> tuple[int, int]:
-    regs = REGS.unpack_from(state, 0)
-    return regs[16], regs[6]
+def expected_vcpu(layout: SandboxMemoryLayout) -> Expected:
+    """What the vCPU of a sandbox with this layout may hold (hypervisor/vcpu_state.py)."""
+    L = layout
+    if L.profile == "amd64":
+        gdt, idt, tss = (L.gdt_gpa, GDT_LIMIT), (L.idt_gpa, IDT_LIMIT), (L.tss_gpa, TSS_SIZE - 1, 0x28)
+    else:
+        gdt, idt, tss = (L.gdt_gpa, GDT_I686_LIMIT), (L.idt_gpa, IDT_I686_LIMIT), (L.tss_gpa, 0x67, 0x18)
+    return Expected(L.profile, (L.code_gpa, L.code_gpa + L.image_size), (L.stack_gpa, L.stack_top), L.pt_gpa,
+                    gdt, idt, tss)
 
 
 def check_vcpu_state(state: bytes, layout: SandboxMemoryLayout, path: str) -> None:
-    """The state must be the profile's mode, in this layout's code, with its stack (and,
-    amd64, its page tables)."""
-    rip, rsp = vcpu_rip_rsp(state)
-    cs_selector, = struct.unpack_from("<H", state, REGS.size + 12)
-    cs_dpl = state[REGS.size + 16]
-    cr0, _cr2, cr3 = struct.unpack_from("<3Q", state, REGS.size + 8 * 24 + 2 * 16)
-    problems = []
-    if not layout.code_gpa <= rip < layout.code_gpa + layout.image_size:
-        problems.append(f"rip {rip:#x} is outside the guest code")
-    if not layout.stack_gpa < rsp <= layout.stack_top:
-        problems.append(f"rsp {rsp:#x} is outside the stack")
-    if layout.profile == "amd64":
-        if cs_selector != 0x23 or cs_dpl != 3:
-            problems.append(f"CS {cs_selector:#x} (DPL {cs_dpl}) is not the CPL3 code segment")
-        if cr3 != layout.pt_gpa:
-            problems.append(f"CR3 {cr3:#x} is not the page tables at {layout.pt_gpa:#x}")
-    elif cr0 & 0x80000001 != 1:
-        problems.append(f"CR0 {cr0:#x} is not protected mode without paging")
+    """Every field of the state KVM will load must be one the profile produces: the
+    profile's CPU mode and tables, RIP in this layout's code, RSP in its stack, no state
+    a guest of the profile cannot reach (hypervisor/vcpu_state.py)."""
+    problems = state_problems(state, expected_vcpu(layout))
     if problems:
         raise InvalidSnapshot(f"{path}: vCPU state is invalid: {'; '.join(problems)}")
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is ("" for a regular file)."""
+    if stat.S_ISREG(mode):
+        return ""
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def is_snapshot_file(guest: Any) -> bool:
+    """Whether `guest` (bytes or a path) holds an hlsandbox snapshot (its magic), without
+    blocking on a FIFO or reading more than the magic."""
+    if isinstance(guest, (bytes, bytearray, memoryview)):
+        return bytes(guest[:len(MAGIC)]) == MAGIC
+    try:
+        fd = os.open(guest, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except (OSError, TypeError, ValueError):
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(MAGIC), 0) == MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: Any, offset: int) -> None:

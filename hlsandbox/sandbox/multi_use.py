@@ -21,6 +21,7 @@ from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory, page_runs
 from ..mem.snapshot import Snapshot, data_extents
+from ..mem.trampoline import host_has_avx512, trampoline_code
 from ..mem.system_tables import (GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
 from .config import SandboxConfiguration
@@ -166,7 +167,8 @@ class MultiUseSandbox:
         self = cls._new(config, host_functions, writer, L, counter)
         self._set_copy_ranges(L.writable_image_ranges(image))
         try:
-            self._attach(build_guest_memory(image, L, binary.name, clear_avx=kvm.is_kvm_pvm()))
+            clear_avx, clear_avx512 = _trampoline_kind()
+            self._attach(build_guest_memory(image, L, binary.name, clear_avx=clear_avx, clear_avx512=clear_avx512))
             level = config.guest_log_level
             if level is None:
                 level = guest_level_for(GUEST_LOGGER)
@@ -212,8 +214,9 @@ class MultiUseSandbox:
     def _restored(cls, snap: Snapshot, config: Optional[SandboxConfiguration],
                   host_functions: HostFunctionRegistry, writer: Any,
                   counter: Optional[GuestCounter] = None) -> "MultiUseSandbox":
-        if not isinstance(snap, Snapshot) or snap.closed:
-            raise ValueError("the snapshot is closed")
+        if not isinstance(snap, Snapshot):
+            raise TypeError(f"expected a Snapshot, not {type(snap).__name__}")
+        snap._adopt()  # raises SnapshotClosed
         L = snap.layout
         if config is not None:
             _check_config(config, L)
@@ -223,7 +226,16 @@ class MultiUseSandbox:
         self = cls._new(config, host_functions, writer, L, counter)
         self._copy_ranges, self._restore_ranges = snap.copy_ranges, derived.restore_ranges
         try:
-            self._attach(snap.map_private(), derived.slots, snap.vcpu_state)
+            try:
+                self._attach(snap.map_private(), derived.slots, snap.vcpu_state)
+            except OSError as e:
+                if "loading the vCPU state" not in str(e):
+                    raise
+                # The state passed the profile's checks (Snapshot.load, or taken here), so
+                # this KVM lacks a feature the saving host had (PKRU, an MSR).
+                raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
+                                       f"was it saved on a host with other CPU features?") from e
+            self._write_trampoline()
             self._pending, self._pending_generation = snap, self._vm.generation
             self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
@@ -449,11 +461,15 @@ class MultiUseSandbox:
         snap = self._init_snapshot if snapshot is None else snapshot
         plan = self._plan_for(snap) if snap is self._baseline else None
         if plan is not None:  # amd64: the fast path, one Cython call
+            if snapshot is not None and snap._closed:
+                snap._check_open()
             self._path.restore(plan)
             self._after_restore(snap)
             return
         if not isinstance(snap, Snapshot):
             raise TypeError(f"restore() takes a Snapshot, not {type(snap).__name__}")
+        if snapshot is not None:
+            snap._check_open()
         if snap is not self._baseline:
             if snap.layout.describe() != self.layout.describe():
                 raise SnapshotMismatch("the snapshot's memory layout differs from this sandbox's")
@@ -467,16 +483,38 @@ class MultiUseSandbox:
         try:
             if snap is self._baseline:  # i686: no trampoline without 64-bit code: KVM_SET_XSAVE
                 restore_pages(vm, self._memory, snap.image, self._restore_ranges)
-                vm.load_state(snap.vcpu_state, kvm.LOAD_REGS | kvm.LOAD_SREGS | kvm.LOAD_FPU)
+                # A CPL0 guest can write MSRs (IA32_SYSENTER_*) and debug registers: all of it.
+                vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
             else:
                 vm.discard_dirty_pages()
                 _copy_all(self._memory, snap)
-                vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
+                self._write_trampoline()
+                # A CPL3 (amd64) guest cannot set debug registers: its snapshots hold a new
+                # vCPU's (checked for files), so that ioctl is skipped.
+                try:
+                    vm.load_state(snap.vcpu_state, kvm.LOAD_ALL if self.layout.profile == "i686"
+                                  else kvm.LOAD_ALL & ~kvm.LOAD_DEBUG)
+                except OSError as e:
+                    path.poisoned = True  # memory is the snapshot's, the vCPU is not
+                    raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
+                                           f"was it saved on a host with other CPU features?") from e
                 self._baseline = snap
             path.poisoned = False
             self._after_restore(snap)
         finally:
             path.end()
+
+    def _write_trampoline(self) -> None:
+        """The restore trampoline is this host's code, whatever a snapshot's image holds
+        (a file may come from a host with other registers to clear, or be crafted): written
+        where it differs (a from_snapshot() sandbox then keeps sharing the page)."""
+        L = self.layout
+        if L.profile != "amd64":
+            return
+        code = _trampoline_code()
+        at = L.host(L.trampoline_gpa)
+        if self._memory.read(at, len(code)) != code:
+            self._memory.write(at, code)
 
     def _after_restore(self, snap: Snapshot) -> None:
         """Bookkeeping after the memory and registers of `snap` are back."""
@@ -546,6 +584,28 @@ class MultiUseSandbox:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "poisoned" if self.poisoned else "ready"
         return f"<MultiUseSandbox {state}, {len(getattr(self, '_functions', {}))} guest functions>"
+
+
+_TRAMPOLINE: Optional[tuple[tuple[bool, bool], bytes]] = None
+
+
+def _trampoline_kind() -> tuple[bool, bool]:
+    """(clear AVX, clear AVX-512) for the restore trampoline (mem/trampoline.py): what a
+    CPL3 guest can reach beyond the FXSAVE image, on kvm-pvm only."""
+    return _trampoline_state()[0]
+
+
+def _trampoline_code() -> bytes:
+    return _trampoline_state()[1]
+
+
+def _trampoline_state() -> tuple[tuple[bool, bool], bytes]:
+    global _TRAMPOLINE
+    if _TRAMPOLINE is None:
+        pvm = kvm.is_kvm_pvm()
+        kind = (pvm, pvm and host_has_avx512())
+        _TRAMPOLINE = (kind, trampoline_code(*kind))
+    return _TRAMPOLINE
 
 
 def layout_for(image: Any, config: SandboxConfiguration) -> SandboxMemoryLayout:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Optional, TextIO, Union
 
+from ..errors import InvalidGuestBinary
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature
 from ..mem.elf import GuestBinary
-from ..mem.snapshot import Snapshot
+from ..mem.snapshot import Snapshot, is_snapshot_file
 from .config import SandboxConfiguration
 from .guest_counter import GuestCounter
 
@@ -32,7 +33,16 @@ class UninitializedSandbox:
         elif isinstance(guest, (str, os.PathLike)) and str(guest).endswith(".hlsnap"):
             self.snapshot = Snapshot.load(guest)
         else:
-            self.binary = GuestBinary.coerce(guest)
+            try:
+                self.binary = GuestBinary.coerce(guest)
+            except InvalidGuestBinary as e:
+                if is_snapshot_file(guest):
+                    what = "<bytes>" if isinstance(guest, (bytes, bytearray, memoryview)) else os.fspath(guest)
+                    raise InvalidGuestBinary(
+                        f"{what!s} is an hlsandbox snapshot file, not a guest ELF: start a sandbox from it with "
+                        f"MultiUseSandbox.from_snapshot(path) (UninitializedSandbox takes snapshot files named "
+                        f"*.hlsnap)") from e
+                raise
         if config is not None and not isinstance(config, SandboxConfiguration):
             raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
         self._config_arg = config

@@ -170,7 +170,7 @@ def test_a_vm_created_in_a_state_has_it(setup_mode, snap):
         # kvm_run for the first run (sandboxes from snapshots run from them: test_snapshots.py)
         assert vm.save_state()[REGS_SREGS:] == snap.vcpu_state[REGS_SREGS:]
         before = open_fds()
-        with pytest.raises(ValueError, match="vCPU state is 3 bytes, expected 4704"):
+        with pytest.raises(ValueError, match=f"vCPU state is 3 bytes, expected {kvm.STATE_SIZE}"):
             kvm.VirtualMachine(mem, mem.address, L.slots(), b"abc")
         assert open_fds() == before
     finally:

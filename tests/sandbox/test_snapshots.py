@@ -335,8 +335,9 @@ def load_error(path):
 
 @pytest.mark.parametrize("field,value,match", [
     ("magic", b"NOTSNAP!", "bad magic"),
-    ("version", 1, "format version 1, this hlsandbox reads 2"),  # the layout before the buffers moved
-    ("version", 3, "format version 3, this hlsandbox reads 2"),
+    ("version", 1, "format version 1, this hlsandbox reads 3"),
+    ("version", 2, "format version 2, this hlsandbox reads 3"),  # before the debug registers were saved
+    ("version", 4, "format version 4, this hlsandbox reads 3"),
     ("header_size", 4097, "header size"),
     ("header_size", 0, "header size"),
     ("memory_size", 12345, "memory size"),
@@ -464,3 +465,129 @@ def test_trampoline_is_not_writable_by_the_guest(sandbox):
     with pytest.raises(hl.MemoryAccessViolation, match="write of .* .protection violation.") as ei:
         sandbox.call("WriteAddress", t + 0x100, 0x1234)
     assert ei.value.address == t + 0x100
+
+
+# -- snapshot files that are not snapshots, places a snapshot cannot go --------------------------
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "device"])
+def test_load_of_a_file_that_is_not_regular_fails_at_once(tmp_path, kind):
+    if kind == "directory":
+        path = tmp_path
+    elif kind == "fifo":
+        path = tmp_path / "pipe.hlsnap"
+        os.mkfifo(path)  # no writer: a blocking open would wait forever
+    else:
+        path = "/dev/zero"
+    import threading
+    import time
+    # Should the open block, a writer appearing after 5 s releases it (and the test fails).
+    unblock = threading.Timer(5.0, lambda: open(path, "wb").close()) if kind == "fifo" else None
+    if unblock:
+        unblock.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(hl.InvalidSnapshot, match="not a regular file"):
+            hl.Snapshot.load(path)
+        with pytest.raises(hl.InvalidSnapshot, match="not a regular file"):
+            hl.MultiUseSandbox.from_snapshot(path, host_functions=HOST)
+        assert time.monotonic() - start < 2.0
+    finally:
+        if unblock:
+            unblock.cancel()
+
+
+def test_load_of_an_unreadable_file(saved):
+    saved.chmod(0)
+    # Root reads any file: try as an unprivileged user in a forked child.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only file operations, then _exit
+        try:
+            if os.geteuid() == 0:
+                os.setuid(65534)
+            try:
+                hl.Snapshot.load(saved)
+                out = b"loaded"
+            except BaseException as e:
+                out = f"{type(e).__name__}: {e}".encode()
+            os.write(w, out)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    assert out.startswith("InvalidSnapshot: cannot open snapshot") and "Permission denied" in out, out
+
+
+def test_save_to_a_directory_leaves_nothing_behind(tmp_path, sandbox):
+    target = tmp_path / "dir"
+    target.mkdir()
+    with pytest.raises(IsADirectoryError, match="cannot save the snapshot to .*dir: it is a directory"):
+        sandbox.snapshot().save(target)
+    assert os.listdir(tmp_path) == ["dir"] and os.listdir(target) == []
+
+
+def test_save_to_an_unwritable_place(tmp_path, sandbox):
+    snap = sandbox.snapshot()
+    with pytest.raises(OSError, match="cannot save the snapshot to /proc/hlsandbox/s.hlsnap"):
+        snap.save("/proc/hlsandbox/s.hlsnap")
+    with pytest.raises(OSError, match="cannot save the snapshot to /proc/self/s.hlsnap"):
+        snap.save("/proc/self/s.hlsnap")  # exists, but no file can be created in it
+
+
+def test_save_failing_midway_leaves_nothing_behind(tmp_path, sandbox):
+    # /dev/full: every write fails with ENOSPC; a symlink to it where the temporary file goes
+    # makes the write (not the open) fail.
+    snap = sandbox.snapshot()
+    target = tmp_path / "s.hlsnap"
+    tmp = tmp_path / f".s.hlsnap.{os.getpid()}.tmp"
+    os.symlink("/dev/full", tmp)
+    with pytest.raises(OSError, match="cannot save the snapshot to .*s.hlsnap: No space left on device"):
+        snap.save(target)
+    assert os.listdir(tmp_path) == []
+
+
+def test_uninitialized_sandbox_given_a_snapshot_file_says_so(tmp_path, sandbox):
+    path = tmp_path / "warm.snapshot"  # not named *.hlsnap: read as a guest
+    sandbox.snapshot().save(path)
+    with pytest.raises(hl.InvalidGuestBinary, match=r"is an hlsandbox snapshot file, not a guest ELF.*from_snapshot"):
+        hl.UninitializedSandbox(path)
+    with pytest.raises(hl.InvalidGuestBinary, match="not an ELF file"):
+        hl.UninitializedSandbox(__file__)  # other files keep the ELF message
+
+
+def test_closed_snapshot_says_it_is_closed(tmp_path, sandbox):
+    snap = sandbox.snapshot()
+    snap.close()
+    assert snap.closed and "closed" in repr(snap)
+    for use in (lambda: snap.save(tmp_path / "x.hlsnap"), lambda: sandbox.restore(snap),
+                lambda: hl.MultiUseSandbox.from_snapshot(snap, host_functions=HOST)):
+        with pytest.raises(hl.SnapshotClosed, match="the snapshot is closed"):
+            use()
+    assert issubclass(hl.SnapshotClosed, hl.HyperlightError)
+    assert os.listdir(tmp_path) == []
+    sandbox.restore()
+    assert sandbox.call("Add", 1, 2) == 3
+
+
+def test_closing_a_snapshot_keeps_the_sandboxes_started_from_it(sandbox):
+    sandbox.call("SetStatic", 6)
+    snap = sandbox.snapshot()
+    with hl.MultiUseSandbox.from_snapshot(snap, host_functions=HOST) as sb:
+        snap.close()
+        sb.call("SetStatic", 7)
+        sb.restore()  # back to the (closed) snapshot it started from
+        assert sb.call("GetStatic") == 6
+        with pytest.raises(hl.SnapshotClosed):
+            sb.restore(snap)  # naming a closed snapshot is refused
+
+
+def test_snapshot_is_a_context_manager(tmp_path, sandbox):
+    with sandbox.snapshot() as snap:
+        snap.save(tmp_path / "a.hlsnap")
+        assert not snap.closed
+    assert snap.closed
+    with hl.Snapshot.load(tmp_path / "a.hlsnap") as loaded:
+        assert loaded.layout.describe() == sandbox.layout.describe()
+    assert loaded.closed

@@ -199,6 +199,27 @@ static hl_value set_mxcsr(const hl_value *args) {
   return hl_u32(old);
 }
 
+/* AVX-512 registers beyond the FXSAVE image (ZMM16-31, masks): kvm-pvm lets CPL3 code
+ * use them where the host has AVX-512; a restore must reset them. Only call these
+ * where the CPU has AVX-512F (#UD otherwise). Set fills zmm16, zmm31, k1 and k7 with
+ * args[0]; Get returns what they hold OR-ed together (0 after a restore). */
+static hl_value set_avx512(const hl_value *args) {
+  uint64_t v = args[0].u64;
+  __asm__ volatile("vpbroadcastq %0, %%zmm16\n\tvpbroadcastq %0, %%zmm31\n\t"
+                   "kmovw %k0, %%k1\n\tkmovw %k0, %%k7" ::"r"(v));
+  return hl_void();
+}
+static hl_value get_avx512(const hl_value *args) {
+  (void)args;
+  uint64_t a, b;
+  uint32_t c, d;
+  /* zmm31's top quadword (bits 511:448), through xmm0 */
+  __asm__ volatile("vmovq %%xmm16, %0\n\tvextracti64x4 $1, %%zmm31, %%ymm0\n\tvextracti128 $1, %%ymm0, %%xmm0\n\t"
+                   "vpsrldq $8, %%xmm0, %%xmm0\n\tvmovq %%xmm0, %1\n\tkmovw %%k1, %2\n\tkmovw %%k7, %3"
+                   : "=r"(a), "=r"(b), "=r"(c), "=r"(d)::"xmm0");
+  return hl_u64(a | b | c | d);
+}
+
 /* What `cpuid` tells the guest: leaf args[0] (subleaf 0), register args[1] (0 eax,
  * 1 ebx, 2 ecx, 3 edx). */
 static hl_value cpuid_reg(const hl_value *args) {
@@ -268,6 +289,8 @@ void hyperlight_main(void) {
   hl_register("GetMxcsr", get_mxcsr, HL_U32, 0, NULL);
   hl_register("SetMxcsr", set_mxcsr, HL_U32, 1, P_U32);
   hl_register("Cpuid", cpuid_reg, HL_U32, 2, P_U32_U32);
+  hl_register("SetAvx512", set_avx512, HL_VOID, 1, P_U64);
+  hl_register("GetAvx512", get_avx512, HL_U64, 0, NULL);
   hl_register("DivideByZero", divide_by_zero, HL_I32, 1, P_I32);
   hl_register("Sum", sum, HL_U64, 1, P_U64);
   hl_register("Malloc", malloc_bytes, HL_U64, 1, P_U64);

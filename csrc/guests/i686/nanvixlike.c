@@ -6,7 +6,7 @@
  *    writable, docs/abi.md) -- data_marker goes 0 -> 0x1686, touches[] is
  *    incremented, and the immediate of patch_target() is rewritten and the
  *    patched code run;
- * 2. reads the GuestCounter;
+ * 2. reads the GuestCounter (at 0x5E75, also sets IA32_SYSENTER_* and DR0/DR7);
  * 3. raw host call 1 with: counter (u64 LE), data_marker (u32 LE), "N686";
  * 4. raw host call 2 with "ACK:" + call 1's response;
  * 5. raw host call 99 (left unregistered by the tests), then raw host call 2
@@ -71,6 +71,15 @@ void guest32_main(void) {
 
   /* 2. The GuestCounter. */
   uint64_t counter = hl32_guest_counter();
+
+  /* 2b. CPU state only CPL0 code can set, which a restore must put back: with the
+   * counter at 0x5E75, IA32_SYSENTER_CS/ESP/EIP and a DR0 breakpoint (enabled in DR7). */
+  if (counter == 0x5E75) {
+    __asm__ volatile("wrmsr" ::"c"(0x174), "a"(0x8), "d"(0));
+    __asm__ volatile("wrmsr" ::"c"(0x175), "a"(0x12345), "d"(0));
+    __asm__ volatile("wrmsr" ::"c"(0x176), "a"(0x6789a), "d"(0));
+    __asm__ volatile("movl %0, %%dr0\n\tmovl %1, %%dr7" ::"r"(0x101000u), "r"(0x401u));
+  }
 
   /* 3. Raw host call 1: counter (8 bytes LE), data marker (4), "N686". */
   uint8_t req[16];
