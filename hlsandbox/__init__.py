@@ -7,11 +7,13 @@
     assert sb.call("Echo", "hi") == "hi"
 """
 from . import guests
-from .errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEmulationFailure, GuestError,
-                     GuestFault, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
-                     HostFunctionError, HostFunctionNotFound, HyperlightError, InvalidConfiguration,
-                     InvalidGuestBinary, InvalidSnapshot, KvmUnavailable, MemoryAccessViolation,
-                     PoisonedSandbox, SnapshotMismatch, StackOverflow)
+from .errors import (ArgumentTooLarge, ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestBinaryNotFound,
+                     GuestEmulationFailure, GuestError, GuestFault, GuestFunctionNotFound,
+                     GuestFunctionParameterTypeMismatch, GuestProtocolError, HostFunctionError,
+                     HostFunctionNotFound, HyperlightError, InvalidConfiguration, InvalidGuestBinary,
+                     InvalidSnapshot, KvmUnavailable, MemoryAccessViolation, OutOfFileDescriptors,
+                     PoisonedSandbox, SandboxBusy, SandboxClosed, SnapshotMismatch, StackOverflow,
+                     UsedAfterFork)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
@@ -23,6 +25,8 @@ from .sandbox.uninitialized import UninitializedSandbox
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentTooLarge", "GuestBinaryNotFound", "OutOfFileDescriptors", "SandboxBusy", "SandboxClosed",
+    "UsedAfterFork",
     "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBinary", "GuestEmulationFailure", "GuestError",
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
     "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
