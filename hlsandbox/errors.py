@@ -28,7 +28,10 @@ class InvalidGuestBinary(HyperlightError):
 
 
 class GuestBinaryNotFound(InvalidGuestBinary, FileNotFoundError):
-    """The guest path does not exist."""
+    """The guest path does not exist (`filename` names it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class OutOfFileDescriptors(HyperlightError, OSError):
