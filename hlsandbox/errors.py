@@ -159,6 +159,8 @@ class UsedAfterFork(HyperlightError):
 class PoisonedSandbox(HyperlightError):
     """An earlier call left the guest in an unknown state; restore a snapshot first."""
 
+    MESSAGE = "an earlier call was aborted, faulted or canceled; restore a snapshot to use this sandbox again"
+
 
 class SnapshotMismatch(HyperlightError):
     """A snapshot does not fit this sandbox (layout, host functions...)."""

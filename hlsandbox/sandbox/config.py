@@ -1,8 +1,10 @@
 """SandboxConfiguration: sizes and limits of a sandbox, validated up front."""
 from __future__ import annotations
 
+import math
 import os
 import re
+import threading
 import tempfile
 from dataclasses import dataclass, field, fields
 from typing import Optional, Union
@@ -61,6 +63,8 @@ class SandboxConfiguration:
     logger's effective level. `max_execution_time` (seconds, or None) limits each call.
     `scratch_base_gpa` places the scratch region (buffers, heap, stack; docs/abi.md);
     None is the profile's default. `profile` ("amd64" or "i686") defaults to the ELF's class.
+    `max_wait_time` (seconds, or None for no limit) is how long a call waits for the
+    sandbox while another thread's call runs before it raises SandboxBusy.
     `restore_after_call` restores the sandbox to its post-initialisation state after
     every call (the default of call(..., restore=)).
     `guest_core_dump` writes an ELF core file of the guest into `core_dump_dir` (default
@@ -74,6 +78,7 @@ class SandboxConfiguration:
     output_data_size: Size = "16Ki"
     guest_log_level: Union[int, str, None] = None
     max_execution_time: Union[float, None] = None
+    max_wait_time: Union[float, None] = None
     guest_core_dump: bool = False
     core_dump_dir: Union[str, "os.PathLike[str]"] = field(default_factory=tempfile.gettempdir)
     restore_after_call: bool = False
@@ -105,6 +110,16 @@ class SandboxConfiguration:
         t = self.max_execution_time
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
             raise InvalidConfiguration(f"max_execution_time={t!r}: use a positive number of seconds or None")
+        if t == math.inf:
+            self.max_execution_time = None
+        elif t is not None and t > threading.TIMEOUT_MAX:
+            raise InvalidConfiguration(f"max_execution_time={t!r} is beyond the longest limit the platform can "
+                                       f"wait ({threading.TIMEOUT_MAX:.3g} s); use None for no limit")
+        w = self.max_wait_time
+        if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0):
+            raise InvalidConfiguration(f"max_wait_time={w!r}: use seconds >= 0 (0: never wait) or None (no limit)")
+        if w == math.inf:
+            self.max_wait_time = None
         if not isinstance(self.guest_core_dump, bool):
             raise InvalidConfiguration(f"guest_core_dump={self.guest_core_dump!r}: use True or False")
         if not isinstance(self.core_dump_dir, (str, os.PathLike)):

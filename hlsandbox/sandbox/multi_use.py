@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import sys
+import threading
 import types
 from typing import Any, Mapping, Optional, Union
 
 from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestError,
                       GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
-                      HostFunctionError, HyperlightError, PoisonedSandbox, SnapshotMismatch)
+                      HostFunctionError, HyperlightError, PoisonedSandbox, SandboxClosed, SnapshotMismatch,
+                      UsedAfterFork)
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
@@ -113,6 +116,8 @@ class MultiUseSandbox:
         self._output = RecordStack(memory, base + L.host(L.output_gpa), L.output_size, "output")
         self._vm = kvm.VirtualMachine(memory, base, slots or L.slots(), state,
                                       set_cpuid=kvm.cpuid_needed(cpl3_guest=L.profile == "amd64"))
+        max_wait = self._config.max_wait_time if self._config is not None else None
+        self._vm.max_wait = -1.0 if max_wait is None else max_wait
         self._path = CallPath(self._vm, self._input, self._output, self._serve)
         self._closed = False
         if self._counter is not None:
@@ -209,7 +214,8 @@ class MultiUseSandbox:
 
     # -- calls --------------------------------------------------------------------------------
 
-    def call(self, name: str, *args: Any, timeout: Optional[float] = None, restore: Optional[bool] = None) -> Any:
+    def call(self, name: str, *args: Any, timeout: Optional[float] = None, restore: Optional[bool] = None,
+             wait: Union[float, bool, None] = None) -> Any:
         """Calls guest function `name` with `args` and returns its result.
 
         Checks name, arity and types first (GuestFunctionNotFound,
@@ -218,22 +224,28 @@ class MultiUseSandbox:
         An abort, fault or cancellation poisons the sandbox (PoisonedSandbox).
         With `restore=True` (default: the configuration's restore_after_call) the sandbox
         is restored to its state after initialisation once the call returns or fails,
-        so every such call starts from a clean guest."""
+        so every such call starts from a clean guest.
+
+        Calls from several threads run one at a time: a call waits while another runs, up
+        to `wait` seconds (default the configuration's max_wait_time; True: no limit;
+        False or 0: do not wait), then raises SandboxBusy."""
         fn = self._functions.get(name)
         if fn is None or self._closed or self._path.poisoned:
             self._refuse(name)
+        w = -2.0 if wait is None else _wait_seconds(wait)
         restoring = restore or (restore is None and self._restore_after_call)
         try:
             if timeout is None and self._max_time is None:
                 if restoring and self._init_snapshot is self._baseline and self._init_plan is not None:
                     try:  # call and restore in one Cython method: the per-request clean guest
                         return self._path.call_restoring(fn.name_bytes, fn.param_tags, fn.return_tag, args,
-                                                         self._init_plan)
+                                                         self._init_plan, w)
                     finally:
                         restoring = False
-                        self._after_restore(self._init_snapshot)
-                return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args)
-            return self._timed_call(fn, args, self._max_time if timeout is None else timeout)
+                        if not self._closed:
+                            self._after_restore(self._init_snapshot)
+                return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, w)
+            return self._timed_call(fn, args, self._max_time if timeout is None else timeout, w)
         except HostFunctionError as e:
             e.__cause__ = self._last_host_exception
             raise
@@ -246,19 +258,28 @@ class MultiUseSandbox:
                 self.restore(self._init_snapshot)
 
     def _refuse(self, name: str = "") -> None:
+        if self._vm is not None and self._vm.forked:
+            raise UsedAfterFork("this sandbox was created by the parent process before fork(); its VM "
+                                "belongs to the parent: create a new sandbox in the child")
         if self._closed:
-            raise HyperlightError("the sandbox is closed")
+            raise SandboxClosed("the sandbox is closed")
         if self._path.poisoned:
-            raise PoisonedSandbox("an earlier call was aborted, faulted or canceled; restore a snapshot to use "
-                                  "this sandbox again")
+            raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
         raise GuestFunctionNotFound(f"the guest has no function {name!r}")
 
-    def _timed_call(self, fn: _GuestFunction, args: tuple, timeout: float) -> Any:
+    def _timed_call(self, fn: _GuestFunction, args: tuple, timeout: float, wait: float) -> Any:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if timeout > WATCHDOG.MAX_SECONDS:
+            if timeout != math.inf:
+                raise ValueError(f"timeout={timeout!r} is beyond the longest limit the platform can wait "
+                                 f"({WATCHDOG.MAX_SECONDS:.3g} s); use None or inf for no limit")
+            return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, wait)
         path = self._path
-        generation = path.begin()
+        generation = path.begin(wait)
         try:
+            if path.poisoned:  # by the call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
             try:
                 self._input.push_call(fn.name_bytes, fn.param_tags, args)
@@ -393,11 +414,23 @@ class MultiUseSandbox:
         """Captures guest memory and vCPU state; restore() puts the sandbox back to it."""
         if self._closed or self._path.poisoned:
             self._refuse("")
+        try:
+            return self._snapshot()
+        except HyperlightError:
+            raise
+        except Exception as e:  # close() from another thread pulled memory away mid-way
+            if self._closed:
+                raise SandboxClosed("the sandbox was closed by another thread during snapshot()") from e
+            raise
+
+    def _snapshot(self) -> Snapshot:
         vm = self._vm
         path = self._path
         staged = self._pending is not None and vm.generation == self._pending_generation
         path.begin()
         try:
+            if path.poisoned:  # by a call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             # After a restore the snapshot's state is staged, not yet in the vCPU.
             state = self._pending.vcpu_state if staged else vm.save_state()
             vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
@@ -418,6 +451,16 @@ class MultiUseSandbox:
         writes; any other snapshot with the same layout is copied whole."""
         if self._closed:
             self._refuse("")
+        try:
+            self._restore(snapshot)
+        except HyperlightError:
+            raise
+        except Exception as e:  # close() from another thread pulled memory away mid-way
+            if self._closed:
+                raise SandboxClosed("the sandbox was closed by another thread during restore()") from e
+            raise
+
+    def _restore(self, snapshot: Optional[Snapshot]) -> None:
         snap = self._init_snapshot if snapshot is None else snapshot
         plan = self._plan_for(snap) if snap is self._baseline else None
         if plan is not None:  # amd64: the fast path, one Cython call
@@ -482,7 +525,7 @@ class MultiUseSandbox:
     def read_memory(self, gpa: int, size: int) -> bytes:
         """A copy of guest memory at guest physical address `gpa` (for inspection and tests);
         the range must lie within the snapshot region or within the scratch region."""
-        if self._closed:
+        if self._closed or self._vm.forked:
             self._refuse("")
         L = self.layout
         start = L.host(gpa)
@@ -492,16 +535,17 @@ class MultiUseSandbox:
 
     def interrupt_handle(self) -> InterruptHandle:
         """A handle whose kill() stops the running call from any thread."""
-        if self._closed:
+        if self._closed or self._vm.forked:
             self._refuse()
         return InterruptHandle(self._vm)
 
     def close(self) -> None:
         """Destroys the VM and frees guest memory; a call running in another thread is
-        killed and waited for."""
-        self._closed = True
+        killed and waited for (calls waiting for the sandbox raise SandboxClosed). Refused
+        from inside one of its own calls (a host function), which leaves it open."""
         if self._vm is not None:
             self._vm.close()
+        self._closed = True
         if self._memory is not None:
             self._memory.close()
         # The snapshots this sandbox keeps hold a memfd and a mapping each; a closed
@@ -518,6 +562,17 @@ class MultiUseSandbox:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "poisoned" if self.poisoned else "ready"
         return f"<MultiUseSandbox {state}, {len(getattr(self, '_functions', {}))} guest functions>"
+
+
+def _wait_seconds(wait: Union[float, bool]) -> float:
+    """call()'s `wait` as begin()'s seconds: True no limit (-1), False 0."""
+    if wait is True:
+        return -1.0
+    if wait is False:
+        return 0.0
+    if not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
+        raise ValueError(f"wait must be seconds >= 0, True or False, got {wait!r}")
+    return -1.0 if math.isinf(wait) else float(wait)
 
 
 def layout_for(image: Any, config: SandboxConfiguration) -> SandboxMemoryLayout:
