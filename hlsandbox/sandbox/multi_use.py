@@ -165,8 +165,9 @@ class MultiUseSandbox:
             self._set_functions(self._output.pop_function_table())
             self._init_snapshot = self.snapshot()
             self._init_plan = self._plan_for(self._init_snapshot)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            _raise_fd_limit(e)
             raise
         return self
 
@@ -207,8 +208,9 @@ class MultiUseSandbox:
             self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
             self._init_plan = self._plan_for(snap)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            _raise_fd_limit(e)
             raise
         return self
 
@@ -562,6 +564,14 @@ class MultiUseSandbox:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "poisoned" if self.poisoned else "ready"
         return f"<MultiUseSandbox {state}, {len(getattr(self, '_functions', {}))} guest functions>"
+
+
+def _raise_fd_limit(e: BaseException) -> None:
+    """Re-raises running out of file descriptors (a memfd, an mmap) as OutOfFileDescriptors."""
+    if isinstance(e, OSError) and not isinstance(e, HyperlightError):
+        exhausted = kvm.fd_exhausted(e.errno or 0, "creating a sandbox")
+        if exhausted is not None:
+            raise exhausted from e
 
 
 def _wait_seconds(wait: Union[float, bool]) -> float:
