@@ -13,7 +13,7 @@ from .errors import (ArgumentTooLarge, ExecutionCanceled, ExecutionTimeout, Gues
                      HostFunctionNotFound, HyperlightError, InvalidConfiguration, InvalidGuestBinary,
                      InvalidSnapshot, KvmUnavailable, MemoryAccessViolation, OutOfFileDescriptors,
                      PoisonedSandbox, SandboxBusy, SandboxClosed, SnapshotMismatch, StackOverflow,
-                     UsedAfterFork)
+                     UsedAfterFork, WriterError)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgumentTooLarge", "GuestBinaryNotFound", "OutOfFileDescriptors", "SandboxBusy", "SandboxClosed",
-    "UsedAfterFork",
+    "UsedAfterFork", "WriterError",
     "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBinary", "GuestEmulationFailure", "GuestError",
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
     "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",

@@ -156,6 +156,11 @@ class UsedAfterFork(HyperlightError):
     its VM and memory belong to the parent process. Create new ones in the child."""
 
 
+class WriterError(HyperlightError):
+    """The writer of the guest's output raised (its exception is `__cause__`). The guest's
+    call ran to its end, so the sandbox stays usable; the call's result is lost."""
+
+
 class PoisonedSandbox(HyperlightError):
     """An earlier call left the guest in an unknown state; restore a snapshot first."""
 

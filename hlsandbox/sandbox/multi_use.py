@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Union
 from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestError,
                       GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
                       HostFunctionError, HyperlightError, PoisonedSandbox, SandboxClosed, SnapshotMismatch,
-                      UsedAfterFork)
+                      UsedAfterFork, WriterError)
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
@@ -25,30 +25,25 @@ from ..mem.shared_memory import SharedMemory, page_runs
 from ..mem.snapshot import Snapshot, data_extents
 from ..mem.system_tables import (GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
-from .config import SandboxConfiguration
+from .config import PY_LEVELS, SandboxConfiguration, guest_level_of_python_level
 from .core_dump import attach_core_dump
 from .guest_counter import GuestCounter
 from .call_path import CallPath
 from .call_path import RestorePlan, restore_pages
 from .faults import fault_from_exit, fault_from_frame
 from .interrupt import InterruptHandle
+from .output import output_function
 from .watchdog import WATCHDOG
 
 GUEST_LOGGER = logging.getLogger("hlsandbox.guest")
 RAW_CALL_KIND = 7  # docs/abi.md
-TRACE = 5
+TRACE = PY_LEVELS[0]
 logging.addLevelName(TRACE, "TRACE")
-# Guest log levels 0..5 (docs/abi.md) as Python logging levels.
-PY_LEVELS = (TRACE, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
 
 
 def guest_level_for(logger: logging.Logger) -> int:
     """The least severe guest level the logger would emit (6: none)."""
-    eff = logger.getEffectiveLevel()
-    for guest_level, py_level in enumerate(PY_LEVELS):
-        if py_level >= eff:
-            return guest_level
-    return 6
+    return guest_level_of_python_level(logger.getEffectiveLevel())
 
 
 class _GuestFunction:
@@ -80,7 +75,8 @@ class MultiUseSandbox:
         self._path = None
         self._config = config  # None: the snapshot's own sizes, built when first asked for
         self._host_functions = host_functions
-        self._writer = writer
+        self._write = output_function(writer)
+        self._writer_error: Optional[BaseException] = None
         self._counter = counter
         self._timed_out_generation = -1
         self._last_host_exception: Optional[BaseException] = None
@@ -162,6 +158,8 @@ class MultiUseSandbox:
             self._input.clear()
             self._output.clear()
             self._run_init(config.max_execution_time)
+            if self._writer_error is not None:
+                self._raise_writer_error()
             self._set_functions(self._output.pop_function_table())
             self._init_snapshot = self.snapshot()
             self._init_plan = self._plan_for(self._init_snapshot)
@@ -258,6 +256,12 @@ class MultiUseSandbox:
             self._last_host_exception = None
             if restoring:
                 self.restore(self._init_snapshot)
+            if self._writer_error is not None:
+                self._raise_writer_error()
+
+    def _raise_writer_error(self) -> None:
+        e, self._writer_error = self._writer_error, None
+        raise WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}") from e
 
     def _refuse(self, name: str = "") -> None:
         if self._vm is not None and self._vm.forked:
@@ -298,8 +302,10 @@ class MultiUseSandbox:
     def _run_init(self, timeout: Optional[float]) -> None:
         path = self._path
         generation = path.begin()
-        token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation)) if timeout else None
+        token = None
         try:
+            if timeout and timeout != math.inf:
+                token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
             path.run_until_halt(generation)
         finally:
             if token is not None:
@@ -399,16 +405,21 @@ class MultiUseSandbox:
             raise GuestProtocolError(f"log record with level {level}, expected 0..5")
         py_level = PY_LEVELS[level]
         if GUEST_LOGGER.isEnabledFor(py_level):
-            GUEST_LOGGER.log(py_level, "%s", message,
-                             extra={"guest_source": source, "guest_line": line, "guest_level": level})
+            # The record's own location fields name the guest's source line (a format's
+            # %(pathname)s:%(lineno)d then points into the guest, not into hlsandbox).
+            record = GUEST_LOGGER.makeRecord(GUEST_LOGGER.name, py_level, source or "<guest>", line, "%s",
+                                             (message,), None, func=None,
+                                             extra={"guest_source": source, "guest_line": line,
+                                                    "guest_level": level})
+            GUEST_LOGGER.handle(record)
 
     def _print(self) -> None:
         text = self._output.pop_print()
-        w = self._writer if self._writer is not None else sys.stdout
-        if callable(w) and not hasattr(w, "write"):
-            w(text)
-        else:
-            w.write(text)
+        try:
+            self._write(text)
+        except Exception as e:  # the guest goes on; the call raises WriterError at its end
+            if self._writer_error is None:
+                self._writer_error = e
 
     # -- snapshots ----------------------------------------------------------------------------
 

@@ -82,7 +82,8 @@ def test_infinite_timeout_means_no_limit(sandbox):
 
 
 def test_configured_infinite_limit_is_no_limit():
-    assert hl.SandboxConfiguration(max_execution_time=math.inf).max_execution_time is None
+    with make_sandbox(hl.SandboxConfiguration(max_execution_time=math.inf, max_wait_time=math.inf)) as sb:
+        assert sb.call("Add", 1, 2) == 3
     with pytest.raises(hl.InvalidConfiguration, match="max_execution_time"):
         hl.SandboxConfiguration(max_execution_time=1e300)
 
