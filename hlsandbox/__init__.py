@@ -7,11 +7,13 @@
     assert sb.call("Echo", "hi") == "hi"
 """
 from . import guests
-from .errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEmulationFailure, GuestError,
-                     GuestBuildError, GuestFault, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
-                     HostFunctionError, HostFunctionNotFound, HyperlightError, InvalidConfiguration,
-                     InvalidGuestBinary, InvalidSnapshot, KvmUnavailable, MemoryAccessViolation,
-                     PoisonedSandbox, SnapshotClosed, SnapshotMismatch, StackOverflow)
+from .errors import (ArgumentTooLarge, ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestBinaryNotFound,
+                     GuestBuildError, GuestEmulationFailure, GuestError, GuestFault, GuestFunctionNotFound,
+                     GuestFunctionParameterTypeMismatch, GuestProtocolError, HostFunctionError,
+                     HostFunctionNotFound, HyperlightError, InvalidConfiguration, InvalidGuestBinary,
+                     InvalidSnapshot, KvmUnavailable, MemoryAccessViolation, OutOfFileDescriptors,
+                     PoisonedSandbox, SandboxBusy, SandboxClosed, SnapshotClosed, SnapshotMismatch, StackOverflow,
+                     UsedAfterFork, WriterError)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
@@ -23,10 +25,12 @@ from .sandbox.uninitialized import UninitializedSandbox
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBuildError", "GuestBinary", "GuestEmulationFailure", "GuestError",
-    "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
-    "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
+    "ArgumentTooLarge", "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBinary",
+    "GuestBinaryNotFound", "GuestBuildError", "GuestEmulationFailure", "GuestError", "GuestFault",
+    "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError", "HostFunctionError",
+    "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
-    "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch",
-    "StackOverflow", "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
+    "OutOfFileDescriptors", "PoisonedSandbox", "SandboxBusy", "SandboxClosed", "SandboxConfiguration",
+    "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch", "StackOverflow", "UninitializedSandbox",
+    "UsedAfterFork", "ValueType", "WriterError", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
 ]

@@ -2,8 +2,21 @@
 from __future__ import annotations
 
 
+def _rebuild(cls: type, args: tuple, state: dict) -> "HyperlightError":
+    """Unpickles an hlsandbox error without calling its __init__ (whose parameters differ
+    from the message args Exception keeps)."""
+    e = cls.__new__(cls, *args)
+    e.args = args
+    e.__dict__.update(state)
+    return e
+
+
 class HyperlightError(Exception):
-    """Base class of every hlsandbox error."""
+    """Base class of every hlsandbox error. Every subclass pickles with its message and
+    attributes (a multiprocessing worker may raise any of them)."""
+
+    def __reduce__(self):
+        return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
 class KvmUnavailable(HyperlightError):
@@ -12,6 +25,22 @@ class KvmUnavailable(HyperlightError):
 
 class InvalidGuestBinary(HyperlightError):
     """The guest ELF cannot be loaded (wrong machine, truncated, no loadable segments...)."""
+
+
+class GuestBinaryNotFound(InvalidGuestBinary, FileNotFoundError):
+    """The guest path does not exist (`filename` names it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class OutOfFileDescriptors(HyperlightError, OSError):
+    """The process reached its open file limit (`ulimit -n`): every sandbox holds a few."""
+
+
+class ArgumentTooLarge(HyperlightError, ValueError):
+    """A call's arguments do not fit the sandbox's input buffer
+    (SandboxConfiguration.input_data_size)."""
 
 
 class InvalidConfiguration(HyperlightError, ValueError):
@@ -109,12 +138,33 @@ class ExecutionCanceled(HyperlightError):
     """The call was stopped by kill() or a time limit."""
 
 
-class ExecutionTimeout(ExecutionCanceled):
+class ExecutionTimeout(ExecutionCanceled, TimeoutError):
     """The call ran longer than its time limit."""
+
+
+class SandboxBusy(HyperlightError):
+    """The sandbox is running a call from another thread and the caller asked not to wait
+    (or its wait for the sandbox ran out)."""
+
+
+class SandboxClosed(HyperlightError):
+    """The sandbox was closed (possibly by another thread)."""
+
+
+class UsedAfterFork(HyperlightError):
+    """A sandbox, snapshot or interrupt handle created before fork() was used in the child:
+    its VM and memory belong to the parent process. Create new ones in the child."""
+
+
+class WriterError(HyperlightError):
+    """The writer of the guest's output raised (its exception is `__cause__`). The guest's
+    call ran to its end, so the sandbox stays usable; the call's result is lost."""
 
 
 class PoisonedSandbox(HyperlightError):
     """An earlier call left the guest in an unknown state; restore a snapshot first."""
+
+    MESSAGE = "an earlier call was aborted, faulted or canceled; restore a snapshot to use this sandbox again"
 
 
 class SnapshotMismatch(HyperlightError):

@@ -9,7 +9,12 @@ from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 
-from ..errors import (GuestError, GuestProtocolError, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch,
+from libc.float cimport FLT_MAX
+from libc.math cimport fabs, isfinite
+import numbers
+import operator
+
+from ..errors import (ArgumentTooLarge, GuestError, GuestProtocolError, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch,
                       HostFunctionError, HostFunctionNotFound)
 
 from ..abi cimport (HL_RECORD_HEADER as HEADER, HL_REC_CALL as KIND_CALL, HL_REC_RETURN as KIND_RETURN,
@@ -159,8 +164,8 @@ cdef class Writer:
             if v is not None:
                 _mismatch(where, tag, v)
         elif tag == T_I32 or tag == T_U32 or tag == T_I64 or tag == T_U64:
-            if type(v) is not int and (isinstance(v, bool) or not isinstance(v, int)):
-                _mismatch(where, tag, v)
+            if type(v) is not int:
+                v = _as_int(v, where, tag)
             try:
                 if tag == T_I32:
                     i32 = v; self.raw(&i32, 4)
@@ -174,11 +179,14 @@ cdef class Writer:
                 raise GuestFunctionParameterTypeMismatch(
                     f"{where}: {v} is out of range for {type_name(tag)}") from None
         elif tag == T_F32 or tag == T_F64:
-            if isinstance(v, bool) or not isinstance(v, (float, int)):
-                _mismatch(where, tag, v)
+            if type(v) is not float:
+                v = _as_float(v, where, tag)
             try:
                 if tag == T_F32:
-                    f32 = v; self.raw(&f32, 4)
+                    f64 = v
+                    if isfinite(f64) and fabs(f64) > FLT_MAX:  # C would make it inf
+                        raise OverflowError()
+                    f32 = <float>f64; self.raw(&f32, 4)
                 else:
                     f64 = v; self.raw(&f64, 8)
             except OverflowError:
@@ -206,6 +214,24 @@ cdef class Writer:
             self.buf += b
         else:
             raise ValueError(f"unknown type tag {tag}")
+
+
+cdef object _as_int(object v, object where, int tag):
+    """An int, or an integer scalar such as numpy's (by __index__); not a bool."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return operator.index(v)
+    _mismatch(where, tag, v)
+
+
+cdef object _as_float(object v, object where, int tag):
+    """A float from a float, an int or a real scalar such as numpy's; not a bool."""
+    if isinstance(v, (float, int)) and not isinstance(v, bool):
+        return v
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return float(v)
+    _mismatch(where, tag, v)
 
 
 cdef void _mismatch(object where, int tag, object v) except *:
@@ -300,7 +326,7 @@ cdef class RecordStack:
             w.value(tags[i], args[i], _ArgWhere(name, i))
         self.clear()
         if self.push(KIND_CALL, w.buf):
-            raise ValueError(f"call to {name.decode()} needs {len(w.buf) + 24} bytes, more than the "
+            raise ArgumentTooLarge(f"call to {name.decode()} needs {len(w.buf) + 24} bytes, more than the "
                              f"input buffer's {self.size}: raise SandboxConfiguration.input_data_size")
         return 0
 

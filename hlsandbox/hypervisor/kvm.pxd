@@ -1,5 +1,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
+from cpython.pythread cimport PyThread_type_lock
+
 cdef extern from "pthread.h" nogil:
     ctypedef unsigned long pthread_t
     pthread_t pthread_self()
@@ -95,6 +97,11 @@ cdef class VirtualMachine:
     cdef readonly bint active  # a call is running; changed only with the GIL held
     cdef readonly uint64_t generation  # counts calls, so a late kill cannot hit a later call
     cdef readonly bint closed
+    cdef readonly bint forked  # created by the parent of this (forked) process: unusable here
+    cdef bint closing  # close() has begun: calls waiting for the vCPU give up
+    cdef PyThread_type_lock call_lock  # held from begin_c() to end_c(): one call at a time
+    cdef public double max_wait  # seconds begin_c() waits for the vCPU by default; < 0: no limit
+    cdef object __weakref__
     # Dirty-page tracking of the slots that log: the dirty ring when KVM has it, else bitmaps.
     cdef int nslots
     cdef uint64_t slot_pages[8]
@@ -118,6 +125,7 @@ cdef class VirtualMachine:
     cdef _set_mode(self, uint64_t cr0, uint64_t cr4, uint64_t efer, uint64_t cr3, uint16_t cs, uint16_t ds,
                    uint8_t dpl, bint long_mode, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
                    uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint16_t tss_selector)
-    cdef uint64_t begin_c(self) except 0
+    cdef uint64_t begin_c(self, double wait=*) except 0
+    cdef void _wait_turn(self, double wait) except *
     cdef void end_c(self) noexcept
     cpdef int run(self) except? -100

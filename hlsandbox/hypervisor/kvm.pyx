@@ -7,6 +7,7 @@ KVM_RUN and one exit. Cancellation is a signal to the vCPU thread plus
 `immediate_exit`, so a kill that lands just before KVM_RUN is not lost."""
 import os
 import threading
+import weakref
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
@@ -15,12 +16,48 @@ from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
 from posix.unistd cimport close as c_close
 from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
+                               PyThread_release_lock, PyLockStatus, PY_LOCK_ACQUIRED, PY_LOCK_INTR,
+                               NOWAIT_LOCK)
 
-from ..errors import HyperlightError, KvmUnavailable
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                             int intr_flag) nogil
+from libc.math cimport isfinite
+import time
+
+from ..errors import (HyperlightError, KvmUnavailable, OutOfFileDescriptors, SandboxBusy, SandboxClosed,
+                      UsedAfterFork)
 
 cdef extern from "errno.h":
     int errno
-    int EINTR, EAGAIN
+    int EINTR, EAGAIN, EMFILE, ENFILE
+
+WAIT_DEFAULT = -2.0  # begin_c(): wait as long as the VM's max_wait says
+cdef double _WAIT_DEFAULT = -2.0
+
+# Every live VM, so a forked child can mark those of its parent unusable (no per-call check).
+_live = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for vm in list(_live):
+        (<VirtualMachine>vm)._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def fd_exhausted(int err, str what):
+    """The exception for running out of file descriptors, naming the limit; None for another errno."""
+    if err == EMFILE:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return OutOfFileDescriptors(err, f"{what}: the process has reached its limit of {soft} open files "
+                                         f"(`ulimit -n`); close sandboxes or raise the limit")
+    if err == ENFILE:
+        return OutOfFileDescriptors(err, f"{what}: the system-wide limit of open files is reached")
+    return None
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long x) nogil
@@ -170,6 +207,10 @@ cdef class VirtualMachine:
         self.vm_fd = -1
         self.vcpu_fd = -1
         self.run_ptr = NULL
+        self.max_wait = -1.0
+        self.call_lock = PyThread_allocate_lock()
+        if self.call_lock == NULL:
+            raise MemoryError()
 
     def __init__(self, memory, size_t host_address, slots, const uint8_t[::1] initial_state=None,
                  bint set_cpuid=True):
@@ -211,6 +252,9 @@ cdef class VirtualMachine:
         self.nslots = len(slots)
         self.vm_fd = ioctl(kfd, KVM_CREATE_VM, 0)
         if self.vm_fd < 0:
+            exhausted = fd_exhausted(errno, "KVM_CREATE_VM")
+            if exhausted is not None:
+                raise exhausted
             raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
         try:
             self.sync_regs = ioctl(kfd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS) > 0
@@ -250,6 +294,9 @@ cdef class VirtualMachine:
                 if setup.failed_slot >= 0:
                     gpa, size = slots[setup.failed_slot][0], slots[setup.failed_slot][1]
                     step += f" (slot {setup.failed_slot}, {size} bytes at {gpa:#x})"
+                exhausted = fd_exhausted(setup.err, step)
+                if exhausted is not None:
+                    raise exhausted
                 if step == "KVM_CREATE_VCPU":
                     raise KvmUnavailable(f"KVM_CREATE_VCPU failed: {os.strerror(setup.err)}")
                 raise OSError(setup.err, f"{step}: {os.strerror(setup.err)}")
@@ -270,6 +317,18 @@ cdef class VirtualMachine:
         except BaseException:
             self._release()
             raise
+        _live.add(self)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the VM, its vCPU and the call state belong to the parent.
+        Drops this process's copies (a running call's thread does not exist here) and makes
+        every later use raise UsedAfterFork."""
+        self.forked = True
+        self.active = False
+        self.cancel_requested = False
+        # The lock may have been held by a parent thread; a new one (the old one leaks).
+        self.call_lock = PyThread_allocate_lock()
+        self._release()
 
     cdef void _release(self) noexcept:
         if self.ring != NULL:
@@ -292,10 +351,12 @@ cdef class VirtualMachine:
         self.memory = None
 
     def close(self) -> None:
-        """Destroys the VM; a call running in another thread is killed and waited for first."""
+        """Destroys the VM; a call running in another thread is killed and waited for first,
+        calls waiting for the vCPU raise SandboxClosed."""
+        if self.active and pthread_equal(self.thread, pthread_self()):
+            raise HyperlightError("cannot close a sandbox from inside its own call")
+        self.closing = True
         if self.active:
-            if pthread_equal(self.thread, pthread_self()):
-                raise HyperlightError("cannot close a sandbox from inside its own call")
             self.kill()
             while self.active:
                 with nogil:
@@ -305,10 +366,15 @@ cdef class VirtualMachine:
 
     def __dealloc__(self):
         self._release()
+        if self.call_lock != NULL:
+            PyThread_free_lock(self.call_lock)
 
     cdef void _check(self) except *:
         if self.run_ptr == NULL:
-            raise ValueError("the VM is closed")
+            if self.forked:
+                raise UsedAfterFork("this sandbox was created by the parent process before fork(); "
+                                    "its VM belongs to the parent: create a new sandbox in the child")
+            raise SandboxClosed("the sandbox is closed")
 
     def setup_long_mode(self, uint64_t cr3, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
                         uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint64_t fs_base=0) -> None:
@@ -397,10 +463,16 @@ cdef class VirtualMachine:
 
     # -- running ------------------------------------------------------------------------------
 
-    cdef uint64_t begin_c(self) except 0:
+    cdef uint64_t begin_c(self, double wait=_WAIT_DEFAULT) except 0:
+        """Claims the vCPU for a call. A call running in another thread is waited for, up to
+        `wait` seconds (< 0: no limit, the default: max_wait), else SandboxBusy."""
         self._check()
-        if self.active:
-            raise HyperlightError("the sandbox is already running a call (from another thread or a host function)")
+        if not PyThread_acquire_lock(self.call_lock, NOWAIT_LOCK):
+            self._wait_turn(self.max_wait if wait == _WAIT_DEFAULT else wait)
+        if self.closing or self.run_ptr == NULL:
+            PyThread_release_lock(self.call_lock)
+            self._check()
+            raise SandboxClosed("the sandbox was closed while this call waited for it")
         self.active = True
         self.generation += 1
         self.thread = pthread_self()
@@ -408,15 +480,43 @@ cdef class VirtualMachine:
         self.run_ptr.immediate_exit = 0
         return self.generation
 
+    cdef void _wait_turn(self, double wait) except *:
+        """Acquires call_lock, held by another call, within `wait` seconds (Ctrl-C works)."""
+        cdef PyLockStatus got
+        cdef long long us
+        if self.active and pthread_equal(self.thread, pthread_self()):
+            raise SandboxBusy("the sandbox is already running a call on this thread (a host function "
+                              "cannot call into its own sandbox)")
+        if wait == 0:
+            raise SandboxBusy("the sandbox is already running a call from another thread")
+        deadline = time.monotonic() + wait if wait > 0 and isfinite(wait) else None
+        while True:
+            if deadline is None:
+                us = -1
+            else:
+                us = <long long>max(0.0, (deadline - time.monotonic()) * 1e6)
+            with nogil:
+                got = PyThread_acquire_lock_timed(self.call_lock, us, 1)
+            if got == PY_LOCK_ACQUIRED:
+                return
+            if got == PY_LOCK_INTR:
+                PyErr_CheckSignals()  # e.g. KeyboardInterrupt
+                continue
+            raise SandboxBusy(f"the sandbox is already running a call from another thread; "
+                              f"waited {wait:g} s for it")
+
     cdef void end_c(self) noexcept:
+        if self.active:
+            PyThread_release_lock(self.call_lock)
         self.active = False
         self.cancel_requested = False
         if self.run_ptr != NULL:
             self.run_ptr.immediate_exit = 0
 
-    def begin_call(self) -> int:
-        """Marks a call as running on this thread, so kill() can reach it; returns its generation."""
-        return self.begin_c()
+    def begin_call(self, double wait=_WAIT_DEFAULT) -> int:
+        """Marks a call as running on this thread, so kill() can reach it; returns its generation.
+        Waits for a call running in another thread as begin_c() does."""
+        return self.begin_c(wait)
 
     def end_call(self) -> None:
         """Ends the running call: a kill() from now on does not affect the next one."""
@@ -425,10 +525,14 @@ cdef class VirtualMachine:
     def kill(self, generation: int = -1) -> bool:
         """Stops the running call (from any thread); False if no call is running, or if
         `generation` is given and the running call is not that one."""
+        if self.forked:
+            self._check()
         if not self.active or self.run_ptr == NULL:
             return False
         if generation >= 0 and <uint64_t>generation != self.generation:
             return False
+        if self.cancel_requested:  # already on its way: another signal would only slow the exit down
+            return True
         self.cancel_requested = True
         self.run_ptr.immediate_exit = 1  # a kill just before KVM_RUN is not lost
         pthread_kill(self.thread, CANCEL_SIGNAL)

@@ -14,7 +14,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.relocation import RelocationSection
 from elftools.elf.sections import SymbolTableSection
 
-from ..errors import InvalidGuestBinary
+from ..errors import GuestBinaryNotFound, InvalidGuestBinary
 
 PF_X, PF_W, PF_R = 1, 2, 4
 R_X86_64_NONE = 0
@@ -73,6 +73,10 @@ class GuestBinary:
         p = Path(path)
         try:
             data = p.read_bytes()
+        except FileNotFoundError as e:
+            err = GuestBinaryNotFound(f"cannot read guest binary {p}: {e.strerror}")
+            err.errno, err.strerror, err.filename = e.errno, e.strerror, str(p)
+            raise err from e
         except OSError as e:
             raise InvalidGuestBinary(f"cannot read guest binary {p}: {e.strerror}") from e
         return cls(data, str(p))

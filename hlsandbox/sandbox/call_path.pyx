@@ -11,7 +11,7 @@ from ..hypervisor.kvm cimport (VirtualMachine, hl_vcpu_state, hl_stage_registers
                                hl_state_rip)
 from ..mem.shared_memory cimport SharedMemory
 
-from ..errors import ExecutionCanceled
+from ..errors import ExecutionCanceled, PoisonedSandbox
 
 from ..abi cimport HL_PORT_HALT as PORT_HALT
 
@@ -30,26 +30,33 @@ cdef class CallPath:
         self.output = output
         self.serve = serve
 
-    cpdef uint64_t begin(self) except 0:
-        """Claims the vCPU for a call (raises if one is running); returns its generation."""
-        return self.vm.begin_c()
+    cpdef uint64_t begin(self, double wait=-2.0) except 0:
+        """Claims the vCPU for a call, waiting for one running in another thread (`wait`:
+        seconds, < 0 no limit, -2 the VM's max_wait); returns its generation."""
+        return self.vm.begin_c(wait)
 
     cpdef end(self):
         self.vm.end_c()
 
-    def call(self, bytes name, tuple tags, int ret_tag, tuple args):
+    def call(self, bytes name, tuple tags, int ret_tag, tuple args, double wait=-2.0):
         """One guest call; the caller has checked the function exists and the sandbox
-        is not poisoned."""
-        cdef uint64_t generation = self.vm.begin_c()
+        is not poisoned. `wait` as for begin()."""
+        cdef uint64_t generation = self.vm.begin_c(wait)
         try:
+            if self.poisoned:  # by the call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             return self._claimed_call(generation, name, tags, ret_tag, args)
         finally:
             self.vm.end_c()
 
-    def call_restoring(self, bytes name, tuple tags, int ret_tag, tuple args, RestorePlan plan):
+    def call_restoring(self, bytes name, tuple tags, int ret_tag, tuple args, RestorePlan plan,
+                       double wait=-2.0):
         """call(), then, whatever happened, the restore `plan` while the vCPU is still
         claimed: the per-request clean guest, with no Python between call and restore."""
-        cdef uint64_t generation = self.vm.begin_c()
+        cdef uint64_t generation = self.vm.begin_c(wait)
+        if self.poisoned:  # by the call this one waited for
+            self.vm.end_c()
+            raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
         try:
             return self._claimed_call(generation, name, tags, ret_tag, args)
         finally:

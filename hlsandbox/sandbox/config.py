@@ -1,10 +1,12 @@
 """SandboxConfiguration: sizes and limits of a sandbox, validated up front."""
 from __future__ import annotations
 
+import math
 import os
 import re
+import threading
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from ..errors import InvalidConfiguration
@@ -12,8 +14,9 @@ from ..errors import InvalidConfiguration
 Size = Union[int, str]
 
 PAGE_SIZE = 4096
-_UNITS = {"": 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(Ki|Mi|Gi|)\s*$")
+_UNITS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:(Ki|Mi|Gi)B?)?\s*$")
+_DECIMAL_RE = re.compile(r"^\s*\d+\s*([kKMG])B?\s*$")
 
 # Smallest and largest values each size may take.
 _LIMITS = {
@@ -25,10 +28,21 @@ _LIMITS = {
 
 LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "information": 2, "warning": 3, "error": 4,
               "critical": 5, "none": 6}
+# Guest log levels 0..5 (docs/abi.md) as Python logging levels (5: hlsandbox's TRACE).
+PY_LEVELS = (5, 10, 20, 30, 40, 50)
+
+
+def guest_level_of_python_level(level: int) -> int:
+    """The least severe guest level a Python logging level lets through (6: none)."""
+    for guest_level, py_level in enumerate(PY_LEVELS):
+        if py_level >= level:
+            return guest_level
+    return 6
 
 
 def parse_size(name: str, value: Size) -> int:
-    """Turns 4096, "64Ki", "8Mi" or "1Gi" into bytes; raises InvalidConfiguration otherwise."""
+    """Turns 4096, "64Ki", "8Mi", "1Gi" (or "64KiB", ...) into bytes; raises InvalidConfiguration
+    otherwise."""
     if isinstance(value, bool):
         raise InvalidConfiguration(f"{name} must be a size, got {value!r}")
     if isinstance(value, int):
@@ -36,8 +50,12 @@ def parse_size(name: str, value: Size) -> int:
     elif isinstance(value, str):
         m = _SIZE_RE.match(value)
         if not m:
+            d = _DECIMAL_RE.match(value)
+            hint = f" ({d.group(1).upper()}B is ambiguous: sizes are binary, write {d.group(1).upper()}i)" \
+                if d else ""
             raise InvalidConfiguration(
-                f"{name}={value!r} is not a size: use bytes or a number with Ki, Mi or Gi")
+                f"{name}={value!r} is not a size: use bytes or a number with Ki, Mi or Gi (or KiB, MiB, GiB)"
+                f"{hint}")
         n = int(m.group(1)) * _UNITS[m.group(2)]
     else:
         raise InvalidConfiguration(f"{name} must be an int or a string such as '64Ki', got {type(value).__name__}")
@@ -61,6 +79,8 @@ class SandboxConfiguration:
     logger's effective level. `max_execution_time` (seconds, or None) limits each call.
     `scratch_base_gpa` places the scratch region (buffers, heap, stack; docs/abi.md);
     None is the profile's default. `profile` ("amd64" or "i686") defaults to the ELF's class.
+    `max_wait_time` (seconds, or None for no limit) is how long a call waits for the
+    sandbox while another thread's call runs before it raises SandboxBusy.
     `restore_after_call` restores the sandbox to its post-initialisation state after
     every call (the default of call(..., restore=)).
     `guest_core_dump` writes an ELF core file of the guest into `core_dump_dir` (default
@@ -74,38 +94,92 @@ class SandboxConfiguration:
     output_data_size: Size = "16Ki"
     guest_log_level: Union[int, str, None] = None
     max_execution_time: Union[float, None] = None
+    max_wait_time: Union[float, None] = None
     guest_core_dump: bool = False
     core_dump_dir: Union[str, "os.PathLike[str]"] = field(default_factory=tempfile.gettempdir)
     restore_after_call: bool = False
     scratch_base_gpa: Optional[int] = None
     profile: Optional[str] = None
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            if f.name in _LIMITS:
-                setattr(self, f.name, page_align(parse_size(f.name, getattr(self, f.name))))
-        lvl = self.guest_log_level
-        if isinstance(lvl, str):
-            if lvl.lower() not in LOG_LEVELS:
-                raise InvalidConfiguration(f"guest_log_level={lvl!r}: use one of {sorted(LOG_LEVELS)}")
-            self.guest_log_level = LOG_LEVELS[lvl.lower()]
-        elif lvl is not None and (isinstance(lvl, bool) or not isinstance(lvl, int) or not 0 <= lvl <= 6):
-            raise InvalidConfiguration(f"guest_log_level={lvl!r}: use 0..6 or a level name")
-        if self.profile is not None and self.profile not in ("amd64", "i686"):
-            raise InvalidConfiguration(f"profile={self.profile!r}: use 'amd64', 'i686' or None (from the ELF)")
-        b = self.scratch_base_gpa
-        if b is not None:
-            if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-                raise InvalidConfiguration(f"scratch_base_gpa={b!r}: use a non-negative integer address or None")
-            if b % PAGE_SIZE:
-                raise InvalidConfiguration(f"scratch_base_gpa={b:#x} is not page aligned (a multiple of "
-                                           f"{PAGE_SIZE:#x})")
-        if not isinstance(self.restore_after_call, bool):
-            raise InvalidConfiguration(f"restore_after_call={self.restore_after_call!r}: use True or False")
-        t = self.max_execution_time
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
-            raise InvalidConfiguration(f"max_execution_time={t!r}: use a positive number of seconds or None")
-        if not isinstance(self.guest_core_dump, bool):
-            raise InvalidConfiguration(f"guest_core_dump={self.guest_core_dump!r}: use True or False")
-        if not isinstance(self.core_dump_dir, (str, os.PathLike)):
-            raise InvalidConfiguration(f"core_dump_dir={self.core_dump_dir!r}: use a directory path")
+    def __setattr__(self, name: str, value: object) -> None:
+        # Every assignment, the constructor's included, is validated: a configuration
+        # cannot be made invalid after it is built.
+        check = _CHECKS.get(name)
+        if check is None:
+            raise AttributeError(f"SandboxConfiguration has no field {name!r}")
+        object.__setattr__(self, name, check(value))
+
+
+def _size(name: str):
+    return lambda v: page_align(parse_size(name, v))
+
+
+def _log_level(lvl: object) -> Optional[int]:
+    if isinstance(lvl, str):
+        if lvl.lower() not in LOG_LEVELS:
+            raise InvalidConfiguration(f"guest_log_level={lvl!r}: use one of {sorted(LOG_LEVELS)}")
+        return LOG_LEVELS[lvl.lower()]
+    if lvl is None:
+        return None
+    if isinstance(lvl, bool) or not isinstance(lvl, int) or not (0 <= lvl <= 6 or lvl >= 10):
+        raise InvalidConfiguration(f"guest_log_level={lvl!r}: use 0..6, a level name or a logging level "
+                                   f"(logging.DEBUG ...)")
+    return lvl if lvl <= 6 else guest_level_of_python_level(lvl)
+
+
+def _profile(p: object) -> Optional[str]:
+    if p is not None and p not in ("amd64", "i686"):
+        raise InvalidConfiguration(f"profile={p!r}: use 'amd64', 'i686' or None (from the ELF)")
+    return p
+
+
+def _scratch_base(b: object) -> Optional[int]:
+    if b is not None:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+            raise InvalidConfiguration(f"scratch_base_gpa={b!r}: use a non-negative integer address or None")
+        if b % PAGE_SIZE:
+            raise InvalidConfiguration(f"scratch_base_gpa={b:#x} is not page aligned (a multiple of "
+                                       f"{PAGE_SIZE:#x})")
+    return b
+
+
+def _flag(name: str):
+    def check(v: object) -> bool:
+        if not isinstance(v, bool):
+            raise InvalidConfiguration(f"{name}={v!r}: use True or False")
+        return v
+    return check
+
+
+def _execution_time(t: object) -> Optional[float]:
+    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
+        raise InvalidConfiguration(f"max_execution_time={t!r}: use a positive number of seconds or None")
+    if t is not None and t != math.inf and t > threading.TIMEOUT_MAX:
+        raise InvalidConfiguration(f"max_execution_time={t!r} is beyond the longest limit the platform can "
+                                   f"wait ({threading.TIMEOUT_MAX:.3g} s); use None or inf for no limit")
+    return t
+
+
+def _wait_time(w: object) -> Optional[float]:
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0):
+        raise InvalidConfiguration(f"max_wait_time={w!r}: use seconds >= 0 (0: never wait) or None (no limit)")
+    return w
+
+
+def _directory(d: object) -> object:
+    if not isinstance(d, (str, os.PathLike)):
+        raise InvalidConfiguration(f"core_dump_dir={d!r}: use a directory path")
+    return d
+
+
+_CHECKS = {
+    **{name: _size(name) for name in _LIMITS},
+    "guest_log_level": _log_level,
+    "max_execution_time": _execution_time,
+    "max_wait_time": _wait_time,
+    "guest_core_dump": _flag("guest_core_dump"),
+    "core_dump_dir": _directory,
+    "restore_after_call": _flag("restore_after_call"),
+    "scratch_base_gpa": _scratch_base,
+    "profile": _profile,
+}

@@ -17,4 +17,6 @@ class InterruptHandle:
 
     def is_running(self) -> bool:
         """True while a call is running in the sandbox."""
+        if self._vm.forked:
+            self._vm.kill()  # raises UsedAfterFork
         return self._vm.active

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 import sys
+import threading
 import types
 from typing import Any, Mapping, Optional, Union
 
 from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestError,
                       GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
-                      HostFunctionError, HyperlightError, PoisonedSandbox, SnapshotMismatch)
+                      HostFunctionError, HyperlightError, PoisonedSandbox, SandboxClosed, SnapshotMismatch,
+                      UsedAfterFork, WriterError)
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
@@ -24,30 +27,25 @@ from ..mem.snapshot import Snapshot, data_extents
 from ..mem.trampoline import host_has_avx512, trampoline_code
 from ..mem.system_tables import (GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT, PORT_ABORT, PORT_CALL_FUNCTION, PORT_FAULT,
                                  PORT_HALT, PORT_LOG, PORT_PRINT)
-from .config import SandboxConfiguration
+from .config import PY_LEVELS, SandboxConfiguration, guest_level_of_python_level
 from .core_dump import attach_core_dump
 from .guest_counter import GuestCounter
 from .call_path import CallPath
 from .call_path import RestorePlan, restore_pages
 from .faults import fault_from_exit, fault_from_frame
 from .interrupt import InterruptHandle
+from .output import output_function
 from .watchdog import WATCHDOG
 
 GUEST_LOGGER = logging.getLogger("hlsandbox.guest")
 RAW_CALL_KIND = int(RecordKind.RAW_CALL)
-TRACE = 5
+TRACE = PY_LEVELS[0]
 logging.addLevelName(TRACE, "TRACE")
-# Guest log levels 0..5 (docs/abi.md) as Python logging levels.
-PY_LEVELS = (TRACE, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
 
 
 def guest_level_for(logger: logging.Logger) -> int:
     """The least severe guest level the logger would emit (6: none)."""
-    eff = logger.getEffectiveLevel()
-    for guest_level, py_level in enumerate(PY_LEVELS):
-        if py_level >= eff:
-            return guest_level
-    return 6
+    return guest_level_of_python_level(logger.getEffectiveLevel())
 
 
 class _GuestFunction:
@@ -104,7 +102,8 @@ class MultiUseSandbox:
         self._path = None
         self._config = config  # None: the snapshot's own sizes, built when first asked for
         self._host_functions = host_functions
-        self._writer = writer
+        self._write = output_function(writer)
+        self._writer_error: Optional[BaseException] = None
         self._counter = counter
         self._timed_out_generation = -1
         self._last_host_exception: Optional[BaseException] = None
@@ -140,6 +139,8 @@ class MultiUseSandbox:
         self._output = RecordStack(memory, base + L.host(L.output_gpa), L.output_size, "output")
         self._vm = kvm.VirtualMachine(memory, base, slots or L.slots(), state,
                                       set_cpuid=kvm.cpuid_needed(cpl3_guest=L.profile == "amd64"))
+        max_wait = self._config.max_wait_time if self._config is not None else None
+        self._vm.max_wait = -1.0 if max_wait is None else max_wait
         self._path = CallPath(self._vm, self._input, self._output, self._serve)
         self._closed = False
         if self._counter is not None:
@@ -185,11 +186,14 @@ class MultiUseSandbox:
             self._input.clear()
             self._output.clear()
             self._run_init(config.max_execution_time)
+            if self._writer_error is not None:
+                self._raise_writer_error()
             self._set_functions(self._output.pop_function_table())
             self._init_snapshot = self.snapshot()
             self._init_plan = self._plan_for(self._init_snapshot)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            _raise_fd_limit(e)
             raise
         return self
 
@@ -240,14 +244,16 @@ class MultiUseSandbox:
             self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
             self._init_plan = self._plan_for(snap)
-        except BaseException:
+        except BaseException as e:
             self.close()
+            _raise_fd_limit(e)
             raise
         return self
 
     # -- calls --------------------------------------------------------------------------------
 
-    def call(self, name: str, *args: Any, timeout: Optional[float] = None, restore: Optional[bool] = None) -> Any:
+    def call(self, name: str, *args: Any, timeout: Optional[float] = None, restore: Optional[bool] = None,
+             wait: Union[float, bool, None] = None) -> Any:
         """Calls guest function `name` with `args` and returns its result.
 
         Checks name, arity and types first (GuestFunctionNotFound,
@@ -256,24 +262,30 @@ class MultiUseSandbox:
         An abort, fault or cancellation poisons the sandbox (PoisonedSandbox).
         With `restore=True` (default: the configuration's restore_after_call) the sandbox
         is restored to its state after initialisation once the call returns or fails,
-        so every such call starts from a clean guest."""
+        so every such call starts from a clean guest.
+
+        Calls from several threads run one at a time: a call waits while another runs, up
+        to `wait` seconds (default the configuration's max_wait_time; True: no limit;
+        False or 0: do not wait), then raises SandboxBusy."""
         fn = self._functions.get(name)
         if fn is None and FALLBACK in self._functions and name != FALLBACK:
             fn = _fallback_call(name, args)
         if fn is None or self._closed or self._path.poisoned:
             self._refuse(name)
+        w = -2.0 if wait is None else _wait_seconds(wait)
         restoring = restore or (restore is None and self._restore_after_call)
         try:
             if timeout is None and self._max_time is None:
                 if restoring and self._init_snapshot is self._baseline and self._init_plan is not None:
                     try:  # call and restore in one Cython method: the per-request clean guest
                         return self._path.call_restoring(fn.name_bytes, fn.param_tags, fn.return_tag, args,
-                                                         self._init_plan)
+                                                         self._init_plan, w)
                     finally:
                         restoring = False
-                        self._after_restore(self._init_snapshot)
-                return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args)
-            return self._timed_call(fn, args, self._max_time if timeout is None else timeout)
+                        if not self._closed:
+                            self._after_restore(self._init_snapshot)
+                return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, w)
+            return self._timed_call(fn, args, self._max_time if timeout is None else timeout, w)
         except HostFunctionError as e:
             e.__cause__ = self._last_host_exception
             raise
@@ -284,21 +296,36 @@ class MultiUseSandbox:
             self._last_host_exception = None
             if restoring:
                 self.restore(self._init_snapshot)
+            if self._writer_error is not None:
+                self._raise_writer_error()
+
+    def _raise_writer_error(self) -> None:
+        e, self._writer_error = self._writer_error, None
+        raise WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}") from e
 
     def _refuse(self, name: str = "") -> None:
+        if self._vm is not None and self._vm.forked:
+            raise UsedAfterFork("this sandbox was created by the parent process before fork(); its VM "
+                                "belongs to the parent: create a new sandbox in the child")
         if self._closed:
-            raise HyperlightError("the sandbox is closed")
+            raise SandboxClosed("the sandbox is closed")
         if self._path.poisoned:
-            raise PoisonedSandbox("an earlier call was aborted, faulted or canceled; restore a snapshot to use "
-                                  "this sandbox again")
+            raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
         raise GuestFunctionNotFound(f"the guest has no function {name!r}")
 
-    def _timed_call(self, fn: _GuestFunction, args: tuple, timeout: float) -> Any:
+    def _timed_call(self, fn: _GuestFunction, args: tuple, timeout: float, wait: float) -> Any:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if timeout > WATCHDOG.MAX_SECONDS:
+            if timeout != math.inf:
+                raise ValueError(f"timeout={timeout!r} is beyond the longest limit the platform can wait "
+                                 f"({WATCHDOG.MAX_SECONDS:.3g} s); use None or inf for no limit")
+            return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, wait)
         path = self._path
-        generation = path.begin()
+        generation = path.begin(wait)
         try:
+            if path.poisoned:  # by the call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
             try:
                 self._input.push_call(fn.name_bytes, fn.param_tags, args)
@@ -315,8 +342,10 @@ class MultiUseSandbox:
     def _run_init(self, timeout: Optional[float]) -> None:
         path = self._path
         generation = path.begin()
-        token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation)) if timeout else None
+        token = None
         try:
+            if timeout and timeout != math.inf:
+                token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
             path.run_until_halt(generation)
         finally:
             if token is not None:
@@ -416,16 +445,21 @@ class MultiUseSandbox:
             raise GuestProtocolError(f"log record with level {level}, expected 0..5")
         py_level = PY_LEVELS[level]
         if GUEST_LOGGER.isEnabledFor(py_level):
-            GUEST_LOGGER.log(py_level, "%s", message,
-                             extra={"guest_source": source, "guest_line": line, "guest_level": level})
+            # The record's own location fields name the guest's source line (a format's
+            # %(pathname)s:%(lineno)d then points into the guest, not into hlsandbox).
+            record = GUEST_LOGGER.makeRecord(GUEST_LOGGER.name, py_level, source or "<guest>", line, "%s",
+                                             (message,), None, func=None,
+                                             extra={"guest_source": source, "guest_line": line,
+                                                    "guest_level": level})
+            GUEST_LOGGER.handle(record)
 
     def _print(self) -> None:
         text = self._output.pop_print()
-        w = self._writer if self._writer is not None else sys.stdout
-        if callable(w) and not hasattr(w, "write"):
-            w(text)
-        else:
-            w.write(text)
+        try:
+            self._write(text)
+        except Exception as e:  # the guest goes on; the call raises WriterError at its end
+            if self._writer_error is None:
+                self._writer_error = e
 
     # -- snapshots ----------------------------------------------------------------------------
 
@@ -433,11 +467,23 @@ class MultiUseSandbox:
         """Captures guest memory and vCPU state; restore() puts the sandbox back to it."""
         if self._closed or self._path.poisoned:
             self._refuse("")
+        try:
+            return self._snapshot()
+        except HyperlightError:
+            raise
+        except Exception as e:  # close() from another thread pulled memory away mid-way
+            if self._closed:
+                raise SandboxClosed("the sandbox was closed by another thread during snapshot()") from e
+            raise
+
+    def _snapshot(self) -> Snapshot:
         vm = self._vm
         path = self._path
         staged = self._pending is not None and vm.generation == self._pending_generation
         path.begin()
         try:
+            if path.poisoned:  # by a call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             # After a restore the snapshot's state is staged, not yet in the vCPU.
             state = self._pending.vcpu_state if staged else vm.save_state()
             vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
@@ -458,6 +504,16 @@ class MultiUseSandbox:
         writes; any other snapshot with the same layout is copied whole."""
         if self._closed:
             self._refuse("")
+        try:
+            self._restore(snapshot)
+        except HyperlightError:
+            raise
+        except Exception as e:  # close() from another thread pulled memory away mid-way
+            if self._closed:
+                raise SandboxClosed("the sandbox was closed by another thread during restore()") from e
+            raise
+
+    def _restore(self, snapshot: Optional[Snapshot]) -> None:
         snap = self._init_snapshot if snapshot is None else snapshot
         plan = self._plan_for(snap) if snap is self._baseline else None
         if plan is not None:  # amd64: the fast path, one Cython call
@@ -548,7 +604,7 @@ class MultiUseSandbox:
     def read_memory(self, gpa: int, size: int) -> bytes:
         """A copy of guest memory at guest physical address `gpa` (for inspection and tests);
         the range must lie within the snapshot region or within the scratch region."""
-        if self._closed:
+        if self._closed or self._vm.forked:
             self._refuse("")
         L = self.layout
         start = L.host(gpa)
@@ -558,16 +614,17 @@ class MultiUseSandbox:
 
     def interrupt_handle(self) -> InterruptHandle:
         """A handle whose kill() stops the running call from any thread."""
-        if self._closed:
+        if self._closed or self._vm.forked:
             self._refuse()
         return InterruptHandle(self._vm)
 
     def close(self) -> None:
         """Destroys the VM and frees guest memory; a call running in another thread is
-        killed and waited for."""
-        self._closed = True
+        killed and waited for (calls waiting for the sandbox raise SandboxClosed). Refused
+        from inside one of its own calls (a host function), which leaves it open."""
         if self._vm is not None:
             self._vm.close()
+        self._closed = True
         if self._memory is not None:
             self._memory.close()
         # The snapshots this sandbox keeps hold a memfd and a mapping each; a closed
@@ -606,6 +663,23 @@ def _trampoline_state() -> tuple[tuple[bool, bool], bytes]:
         kind = (pvm, pvm and host_has_avx512())
         _TRAMPOLINE = (kind, trampoline_code(*kind))
     return _TRAMPOLINE
+def _raise_fd_limit(e: BaseException) -> None:
+    """Re-raises running out of file descriptors (a memfd, an mmap) as OutOfFileDescriptors."""
+    if isinstance(e, OSError) and not isinstance(e, HyperlightError):
+        exhausted = kvm.fd_exhausted(e.errno or 0, "creating a sandbox")
+        if exhausted is not None:
+            raise exhausted from e
+
+
+def _wait_seconds(wait: Union[float, bool]) -> float:
+    """call()'s `wait` as begin()'s seconds: True no limit (-1), False 0."""
+    if wait is True:
+        return -1.0
+    if wait is False:
+        return 0.0
+    if not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
+        raise ValueError(f"wait must be seconds >= 0, True or False, got {wait!r}")
+    return -1.0 if math.isinf(wait) else float(wait)
 
 
 def layout_for(image: Any, config: SandboxConfiguration) -> SandboxMemoryLayout:

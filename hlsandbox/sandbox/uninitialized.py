@@ -11,6 +11,7 @@ from ..mem.elf import GuestBinary
 from ..mem.snapshot import Snapshot, is_snapshot_file
 from .config import SandboxConfiguration
 from .guest_counter import GuestCounter
+from .output import output_function
 
 Writer = Union[TextIO, Callable[[str], Any], None]
 
@@ -20,8 +21,9 @@ class UninitializedSandbox:
 
     `guest` is a path, the ELF's bytes, or a GuestBinary; or a Snapshot (or a path to a
     snapshot file ending in .hlsnap), in which case evolve() resumes it without running the
-    guest's initialisation. `writer` receives what the guest prints: a file-like object
-    or a callable taking a string (default sys.stdout).
+    guest's initialisation. `writer` receives what the guest prints: a text file, a binary
+    file (UTF-8 bytes) or a callable taking a string (default sys.stdout); if it raises,
+    the call raises WriterError once the guest's call has finished.
     """
 
     def __init__(self, guest: Union[GuestBinary, Snapshot, str, os.PathLike, bytes],
@@ -47,6 +49,7 @@ class UninitializedSandbox:
             raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
         self._config_arg = config
         self.config = config or SandboxConfiguration()
+        output_function(writer)  # a writer that cannot work is refused now, not at the first print
         self.writer = writer
         self.host_functions = HostFunctionRegistry()
         self._counter: Optional[GuestCounter] = None

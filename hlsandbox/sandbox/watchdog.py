@@ -19,6 +19,9 @@ class Watchdog:
     until the deadline passes) and costs O(1); the heap sheds disarmed entries as they
     reach its top, or all at once when they outnumber the live ones."""
 
+    # The longest delay a Condition can wait (beyond it, wait() raises OverflowError).
+    MAX_SECONDS = threading.TIMEOUT_MAX
+
     def __init__(self) -> None:
         self._cond = threading.Condition()
         # Entries are [deadline, token, action]; tokens are unique, so actions are never
@@ -30,6 +33,8 @@ class Watchdog:
         self._thread: Optional[threading.Thread] = None
 
     def arm(self, seconds: float, action: Callable[[], None]) -> int:
+        if not 0 < seconds <= self.MAX_SECONDS:  # also NaN and inf
+            raise ValueError(f"a time limit is positive seconds up to {self.MAX_SECONDS:.3g}, got {seconds!r}")
         token = next(self._ids)
         entry = [time.monotonic() + seconds, token, action]
         with self._cond:
@@ -72,7 +77,7 @@ class Watchdog:
                     # keep its sandbox alive after a disarm.
                     delay = self._heap[0][0] - time.monotonic()
                     if delay > 0:
-                        self._cond.wait(delay)
+                        self._cond.wait(min(delay, self.MAX_SECONDS))
                         continue
                     _deadline, token, action = heapq.heappop(self._heap)
                     del self._entries[token]

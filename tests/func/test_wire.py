@@ -830,3 +830,44 @@ def test_arbitrary_payloads_only_raise_guest_errors(kind, payload, tag):
             pop()
         except hl.GuestError:
             pass
+
+
+np = pytest.importorskip("numpy")
+
+
+@pytest.mark.kvm
+def test_numpy_scalars_are_accepted_where_ints_and_floats_are(shared_sandbox):
+    sb = shared_sandbox
+    assert sb.call("Add", np.int32(40), np.int64(2)) == 42
+    assert sb.call("EchoF64", np.float64(3.25)) == 3.25
+    assert sb.call("EchoF64", np.float32(1.5)) == 1.5
+    assert sb.call("EchoF32", np.float32(2.5)) == 2.5
+    assert sb.call("EchoF64", np.int16(7)) == 7.0
+    with pytest.raises(hl.GuestFunctionParameterTypeMismatch):
+        sb.call("Add", np.bool_(True), 1)
+    with pytest.raises(hl.GuestFunctionParameterTypeMismatch):
+        sb.call("Add", np.float64(1.0), 1)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("value", [1e39, -1e39, 3.5e38])
+def test_f32_out_of_range_is_refused_not_inf(shared_sandbox, value):
+    with pytest.raises(hl.GuestFunctionParameterTypeMismatch, match="out of range for f32"):
+        shared_sandbox.call("EchoF32", value)
+
+
+@pytest.mark.kvm
+def test_f32_keeps_inf_nan_and_the_largest_finite(shared_sandbox):
+    import math
+    assert shared_sandbox.call("EchoF32", math.inf) == math.inf
+    assert math.isnan(shared_sandbox.call("EchoF32", math.nan))
+    big = float(np.finfo(np.float32).max)
+    assert shared_sandbox.call("EchoF32", big) == big
+
+
+@pytest.mark.kvm
+def test_an_argument_too_big_for_the_input_buffer_is_a_hyperlight_error(shared_sandbox):
+    with pytest.raises(hl.ArgumentTooLarge, match="input_data_size") as ei:
+        shared_sandbox.call("Echo", "x" * 100_000)
+    assert isinstance(ei.value, hl.HyperlightError) and isinstance(ei.value, ValueError)
+    assert shared_sandbox.call("Echo", "fine") == "fine"

@@ -92,7 +92,7 @@ def test_kill_during_host_call_takes_effect_after_it_returns():
         assert returned == [True]
 
 
-def test_concurrent_call_on_one_sandbox_is_refused(sandbox):
+def test_concurrent_call_that_asks_not_to_wait_is_refused(sandbox):
     errors = []
 
     def spin() -> None:
@@ -106,8 +106,10 @@ def test_concurrent_call_on_one_sandbox_is_refused(sandbox):
     h = sandbox.interrupt_handle()
     while not h.is_running():
         time.sleep(0.001)
-    with pytest.raises(hl.HyperlightError, match="already running"):
-        sandbox.call("Add", 1, 2)
+    with pytest.raises(hl.SandboxBusy, match="already running"):
+        sandbox.call("Add", 1, 2, wait=False)
+    with pytest.raises(hl.SandboxBusy, match="waited 0.05 s"):
+        sandbox.call("Add", 1, 2, wait=0.05)
     h.kill()
     t.join()
     assert len(errors) == 1

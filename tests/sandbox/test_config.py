@@ -1,6 +1,7 @@
 """SandboxConfiguration: size parsing, page rounding, log levels and time limits (no KVM)."""
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -147,9 +148,10 @@ def test_bad_log_level_names(level):
         hl.SandboxConfiguration(guest_log_level=level)
 
 
-@pytest.mark.parametrize("level", [-1, 7, 100, True, False, 2.0, b"info"])
+@pytest.mark.parametrize("level", [-1, 7, 9, True, False, 2.0, b"info"])
 def test_bad_log_level_values(level):
-    with pytest.raises(hl.InvalidConfiguration, match=r"^guest_log_level=.*: use 0\.\.6 or a level name$"):
+    with pytest.raises(hl.InvalidConfiguration, match=r"^guest_log_level=.*: use 0\.\.6, a level name or a "
+                                                      r"logging level"):
         hl.SandboxConfiguration(guest_log_level=level)
 
 
@@ -170,3 +172,45 @@ def test_first_bad_field_is_named():
         hl.SandboxConfiguration(heap_size=0, stack_size=0)
     with pytest.raises(hl.InvalidConfiguration, match="^output_data_size"):
         hl.SandboxConfiguration(output_data_size="big", guest_log_level="loud")
+
+
+@pytest.mark.parametrize("field, value", [("heap_size", "abc"), ("heap_size", 0), ("stack_size", True),
+                                          ("guest_log_level", "loud"), ("max_execution_time", -1),
+                                          ("restore_after_call", "yes"), ("profile", "arm"),
+                                          ("scratch_base_gpa", -4096), ("max_wait_time", -1)])
+def test_assignment_validates_as_the_constructor_does(field, value):
+    c = hl.SandboxConfiguration()
+    before = getattr(c, field)
+    with pytest.raises(hl.InvalidConfiguration):
+        setattr(c, field, value)
+    assert getattr(c, field) == before
+
+
+def test_assignment_normalises_and_unknown_fields_are_refused():
+    c = hl.SandboxConfiguration()
+    c.heap_size = "8Mi"
+    assert c.heap_size == 8 << 20
+    c.stack_size = 9000
+    assert c.stack_size == 12288
+    with pytest.raises(AttributeError, match="heap_sise"):
+        c.heap_sise = "8Mi"
+
+
+@pytest.mark.parametrize("text, expected", [("64KiB", 64 << 10), ("8MiB", 8 << 20), ("1GiB", 1 << 30),
+                                            (" 2 MiB ", 2 << 20)])
+def test_iec_byte_suffixes(text, expected):
+    assert hl.SandboxConfiguration(heap_size=text).heap_size == expected
+
+
+@pytest.mark.parametrize("text, hint", [("8MB", "write Mi"), ("64KB", "write Ki"), ("1GB", "write Gi"),
+                                        ("64kB", "write Ki")])
+def test_decimal_units_get_a_hint(text, hint):
+    with pytest.raises(hl.InvalidConfiguration, match=hint):
+        hl.SandboxConfiguration(heap_size=text)
+
+
+@pytest.mark.parametrize("py_level, guest_level", [(logging.DEBUG, 1), (logging.INFO, 2), (logging.WARNING, 3),
+                                                   (logging.ERROR, 4), (logging.CRITICAL, 5), (15, 2),
+                                                   (logging.CRITICAL + 1, 6)])
+def test_logging_levels_are_accepted(py_level, guest_level):
+    assert hl.SandboxConfiguration(guest_log_level=py_level).guest_log_level == guest_level

@@ -73,3 +73,15 @@ def test_unicode_and_long_messages(caplog):
     msgs = [r.getMessage() for r in guest_records(caplog)]
     assert msgs[0] == "grüße ✓"
     assert 0 < len(msgs[1]) < len(long) and set(msgs[1]) == {"ü"}
+
+
+def test_records_carry_the_guest_location_in_their_own_fields(caplog):
+    caplog.set_level(1, logger="hlsandbox.guest")
+    with make_sandbox() as sb:
+        sb.call("LogMessage", "located", 3)
+    (r,) = guest_records(caplog)
+    assert r.pathname == r.guest_source and r.pathname.endswith("simpleguest.c")
+    assert r.filename == "simpleguest.c"
+    assert r.lineno == r.guest_line > 0
+    assert logging.Formatter("%(filename)s:%(lineno)d %(message)s").format(r) == \
+        f"simpleguest.c:{r.guest_line} located"
