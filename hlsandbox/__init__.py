@@ -12,14 +12,15 @@ from .errors import (ArgumentTooLarge, ExecutionCanceled, ExecutionTimeout, Gues
                      GuestFunctionParameterTypeMismatch, GuestProtocolError, HostFunctionError,
                      HostFunctionNotFound, HyperlightError, InvalidConfiguration, InvalidGuestBinary,
                      InvalidSnapshot, KvmUnavailable, MemoryAccessViolation, OutOfFileDescriptors,
-                     PoisonedSandbox, SandboxBusy, SandboxClosed, SnapshotClosed, SnapshotMismatch, StackOverflow,
-                     UsedAfterFork, WriterError)
+                     PoisonedSandbox, PoolExhausted, SandboxBusy, SandboxClosed, SnapshotClosed, SnapshotMismatch,
+                     StackOverflow, UsedAfterFork, WriterError)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
 from .sandbox.interrupt import InterruptHandle
 from .sandbox.multi_use import MultiUseSandbox
+from .sandbox.pool import PoolStats, SandboxPool
 from .sandbox.uninitialized import UninitializedSandbox
 
 __version__ = "0.1.0"
@@ -30,7 +31,8 @@ __all__ = [
     "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError", "HostFunctionError",
     "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
-    "OutOfFileDescriptors", "PoisonedSandbox", "SandboxBusy", "SandboxClosed", "SandboxConfiguration",
+    "OutOfFileDescriptors", "PoisonedSandbox", "PoolExhausted", "PoolStats", "SandboxBusy", "SandboxClosed",
+    "SandboxConfiguration", "SandboxPool",
     "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch", "StackOverflow", "UninitializedSandbox",
     "UsedAfterFork", "ValueType", "WriterError", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
 ]

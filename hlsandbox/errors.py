@@ -189,3 +189,7 @@ class GuestBuildError(HyperlightError):
 
 class SnapshotClosed(HyperlightError, ValueError):
     """The snapshot was closed (Snapshot.close() or the end of its `with` block)."""
+
+
+class PoolExhausted(HyperlightError, TimeoutError):
+    """No sandbox of a SandboxPool became free within the wait limit (every one is lent)."""
