@@ -113,13 +113,23 @@ class _PoolActor:
 
     def __init__(self, snapshot: Union[SnapshotImage, str], size: int, config: Optional[SandboxConfiguration],
                  host_functions: Mapping[str, Any]) -> None:
-        snap = snapshot.load() if isinstance(snapshot, SnapshotImage) else Snapshot.load(snapshot)
+        # An error here is kept for ready() to raise: raised from __init__, Ray would
+        # hand the caller an ActorDiedError without the hlsandbox exception.
+        self._error: Optional[BaseException] = None
+        self._pool: Optional[SandboxPool] = None
+        self._snapshot: Optional[Snapshot] = None
         try:
-            self._pool = SandboxPool(snap, size=size, config=config, host_functions=host_functions)
-        except BaseException:
-            snap.close()
-            raise
-        self._snapshot = snap
+            self._snapshot = snapshot.load() if isinstance(snapshot, SnapshotImage) else Snapshot.load(snapshot)
+            self._pool = SandboxPool(self._snapshot, size=size, config=config, host_functions=host_functions)
+        except Exception as e:
+            self._error = e
+            self.close()
+
+    def ready(self) -> str:
+        """The actor's node id, or the error that made its pool."""
+        if self._error is not None:
+            raise self._error
+        return self.node_id()
 
     def call(self, name: str, args: tuple, timeout: Optional[float]) -> Any:
         return self._pool.call(name, *args, timeout=timeout)
@@ -131,8 +141,10 @@ class _PoolActor:
         return self._pool.stats()
 
     def close(self) -> None:
-        self._pool.close()
-        self._snapshot.close()
+        if self._pool is not None:
+            self._pool.close()
+        if self._snapshot is not None:
+            self._snapshot.close()
 
 
 class RayPool:
@@ -191,7 +203,8 @@ class RayPool:
         self._lock = threading.Lock()
         self._closed = False
         try:  # the constructors' errors (a bad snapshot, no KVM on a node) surface here
-            ray.get([a.node_id.remote() for a in self._actors], timeout=wait)
+            for i, a in enumerate(self._actors):
+                self._get(i, a.ready.remote(), wait)
         except BaseException:
             self.close()
             raise
