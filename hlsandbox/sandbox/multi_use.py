@@ -299,6 +299,27 @@ class MultiUseSandbox:
             if self._writer_error is not None:
                 self._raise_writer_error()
 
+    async def acall(self, name: str, *args: Any, timeout: Optional[float] = None,
+                    restore: Optional[bool] = None) -> Any:
+        """call() without blocking the event loop: it runs on the loop's default executor.
+
+        Cancelling the awaiting task drops a call that has not started and kills one that
+        runs; a sandbox that the kill poisoned is restored (to its state after
+        initialisation) before the worker lets it go. A kill retried while this call waits
+        for another thread's call on the same sandbox may stop that one."""
+        import asyncio
+        from .aio import CallGuard, await_cancellable, run_guarded
+        guard = CallGuard()
+
+        def work() -> Any:
+            try:
+                return run_guarded(guard, self, lambda: self.call(name, *args, timeout=timeout, restore=restore))
+            finally:
+                if guard.cancelled and not self._closed and self._path.poisoned:
+                    self.restore()
+
+        return await await_cancellable(asyncio.get_running_loop().run_in_executor(None, work), guard)
+
     def _raise_writer_error(self) -> None:
         e, self._writer_error = self._writer_error, None
         raise WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}") from e

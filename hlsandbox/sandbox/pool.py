@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protoco
 from ..errors import PoolExhausted, SandboxClosed
 from ..mem.elf import GuestBinary
 from ..mem.snapshot import Snapshot, is_snapshot_file
-from .aio import CallGuard, await_cancellable, run_guarded
+from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded
 from .config import SandboxConfiguration
 from .multi_use import MultiUseSandbox
 from .uninitialized import UninitializedSandbox
@@ -219,11 +219,12 @@ class SandboxPool:
         kills one that runs; the sandbox is restored before it is lent again."""
         guard = CallGuard()
         future = self._workers().submit(self._guarded_call, guard, name, args, timeout)
-        return await await_cancellable(future, guard)
+        # wrap_future: a cancelled task also cancels the work if it has not started.
+        return await await_cancellable(asyncio.wrap_future(future), guard)
 
     def _guarded_call(self, guard: CallGuard, name: str, args: tuple, timeout: Optional[float]) -> Any:
         if guard.cancelled:
-            raise asyncio.CancelledError()
+            raise CancelledCall()
         sb = self._acquire(None)
         restored = False
         try:
@@ -233,11 +234,13 @@ class SandboxPool:
             else:
                 result = run_guarded(guard, sb, lambda: sb.call(name, *args, timeout=timeout))
             return result
+        except CancelledCall:
+            raise
         except BaseException as e:
             self._count_error(e)
             raise
         finally:
-            self._release(sb, restored, called=True)
+            self._release(sb, restored, called=not guard.cancelled)
 
     def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
         executor = self._executor
