@@ -74,13 +74,35 @@ def _fallback_call(name: str, args: tuple) -> _GuestFunction:
             tags.append(ValueType.F64)
         elif isinstance(a, str):
             tags.append(ValueType.STR)
-        elif isinstance(a, (bytes, bytearray, memoryview)):
+        elif isinstance(a, (bytes, bytearray, memoryview)) or _is_buffer(a):
             tags.append(ValueType.BYTES)
         else:
             raise TypeError(f"{name}: cannot pass {type(a).__name__} to a guest's fallback dispatcher")
     fn = _GuestFunction(name, tuple(int(t) for t in tags), int(ValueType.VOID))
     fn.return_tag = -1  # whatever the fallback returns
     return fn
+
+
+def _is_buffer(v: Any) -> bool:
+    try:
+        memoryview(v).release()
+    except TypeError:
+        return False
+    return True
+
+
+def _check_out(fn: _GuestFunction, out: Any) -> None:
+    """call(out=...) needs a bytes result and a writable contiguous buffer: checked
+    before the guest runs."""
+    if fn.return_tag not in (int(ValueType.BYTES), -1):
+        raise TypeError(f"out= takes a bytes result; {fn.signature.name} returns {ValueType(fn.return_tag)}")
+    try:
+        view = memoryview(out)
+    except TypeError:
+        raise TypeError(f"out must be a writable buffer, not {type(out).__name__}") from None
+    with view:
+        if view.readonly or not view.c_contiguous:
+            raise TypeError("out must be a writable C-contiguous buffer")
 
 
 class MultiUseSandbox:
@@ -253,7 +275,7 @@ class MultiUseSandbox:
     # -- calls --------------------------------------------------------------------------------
 
     def call(self, name: str, *args: Any, timeout: Optional[float] = None, restore: Optional[bool] = None,
-             wait: Union[float, bool, None] = None) -> Any:
+             wait: Union[float, bool, None] = None, out: Any = None) -> Any:
         """Calls guest function `name` with `args` and returns its result.
 
         Checks name, arity and types first (GuestFunctionNotFound,
@@ -266,7 +288,13 @@ class MultiUseSandbox:
 
         Calls from several threads run one at a time: a call waits while another runs, up
         to `wait` seconds (default the configuration's max_wait_time; True: no limit;
-        False or 0: do not wait), then raises SandboxBusy."""
+        False or 0: do not wait), then raises SandboxBusy.
+
+        `bytes` arguments take any buffer (bytes, bytearray, memoryview, a numpy array),
+        copied from its memory once. With `out` (a writable C-contiguous buffer, e.g. a
+        numpy array or a bytearray) a bytes result is written into it instead of a new
+        bytes object, and the call returns the number of bytes written (ValueError if
+        the result does not fit)."""
         fn = self._functions.get(name)
         if fn is None and FALLBACK in self._functions and name != FALLBACK:
             fn = _fallback_call(name, args)
@@ -274,7 +302,11 @@ class MultiUseSandbox:
             self._refuse(name)
         w = -2.0 if wait is None else _wait_seconds(wait)
         restoring = restore or (restore is None and self._restore_after_call)
+        if out is not None:
+            _check_out(fn, out)
         try:
+            if out is not None:
+                return self._call_into(fn, args, self._max_time if timeout is None else timeout, w, out)
             if timeout is None and self._max_time is None:
                 if restoring and self._init_snapshot is self._baseline and self._init_plan is not None:
                     try:  # call and restore in one Cython method: the per-request clean guest
@@ -357,6 +389,30 @@ class MultiUseSandbox:
             # Decode before path.end(): once the vCPU is released, close() in another
             # thread may unmap guest memory.
             return self._output.pop_result(fn.return_tag)
+        finally:
+            path.end()
+
+    def _call_into(self, fn: _GuestFunction, args: tuple, timeout: Optional[float], wait: float, out: Any) -> int:
+        """A call whose bytes result is decoded into `out` (call(out=...))."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0 or (timeout > WATCHDOG.MAX_SECONDS and timeout != math.inf)):
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        path = self._path
+        generation = path.begin(wait)
+        token = None
+        try:
+            if path.poisoned:  # by the call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
+            if timeout is not None and timeout != math.inf:
+                token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
+            try:
+                self._input.push_call(fn.name_bytes, fn.param_tags, args)
+                self._output.clear()
+                path.run_until_halt(generation)
+            finally:
+                if token is not None:
+                    WATCHDOG.disarm(token)
+            return self._output.pop_result_into(out)  # before end(), as in _timed_call()
         finally:
             path.end()
 
@@ -446,9 +502,15 @@ class MultiUseSandbox:
         view = memoryview(self._memory.read(start, length))
         try:
             result = fn(view)
-            data = bytes(result) if isinstance(result, (bytes, bytearray, memoryview)) else None
+            # Any buffer (bytes, bytearray, a numpy array...): copied once, into the input buffer.
+            try:
+                data = memoryview(result) if not isinstance(result, str) else None
+            except TypeError:
+                data = None
             if data is None:
                 raise TypeError(f"raw host function {fn_id} returned {type(result).__name__}, not bytes")
+            if not data.c_contiguous:
+                data = data.tobytes()
         except Exception as e:  # reaches the guest as status 2; BaseException propagates
             self._last_host_exception = e
             self._push_raw(2, (str(e) or type(e).__name__).encode("utf-8", "replace"))
