@@ -28,6 +28,7 @@ import time
 
 from ..errors import (HyperlightError, KvmUnavailable, OutOfFileDescriptors, SandboxBusy, SandboxClosed,
                       UsedAfterFork)
+from .vcpu_state import AMD64_CR0, AMD64_CR4, AMD64_EFER, I686_CR0
 
 cdef extern from "errno.h":
     int errno
@@ -380,9 +381,7 @@ cdef class VirtualMachine:
                         uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint64_t fs_base=0) -> None:
         """64-bit mode with paging, CS/SS at CPL3, the TSS for faults and I/O permissions;
         `fs_base`: the guest's thread pointer (docs/abi.md), 0 for none."""
-        self._set_mode(0x80010033,  # PG, WP, NE, ET, MP, PE
-                       0x20 | 0x200 | 0x400,  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
-                       0xD00,  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
+        self._set_mode(AMD64_CR0, AMD64_CR4, AMD64_EFER,  # vcpu_state.py says what each bit is for
                        cr3, 0x23, 0x1b, 3, True, gdt, gdt_limit, idt, idt_limit, tss, tss_limit, 0x28)
         cdef kvm_sregs s
         if fs_base:
@@ -395,7 +394,7 @@ cdef class VirtualMachine:
     def setup_protected_mode(self, uint64_t gdt, uint16_t gdt_limit, uint64_t idt, uint16_t idt_limit,
                              uint64_t tss) -> None:
         """32-bit protected mode without paging at CPL0, flat segments (the i686 profile)."""
-        self._set_mode(0x11, 0, 0, 0,  # CR0: PE, ET; no paging
+        self._set_mode(I686_CR0, 0, 0, 0,  # CR0: PE, ET; no paging
                        0x08, 0x10, 0, False, gdt, gdt_limit, idt, idt_limit, tss, 0x67, 0x18)
 
     cdef _set_mode(self, uint64_t cr0, uint64_t cr4, uint64_t efer, uint64_t cr3, uint16_t cs, uint16_t ds,
