@@ -8,6 +8,7 @@ import pytest
 
 import hlsandbox as hl
 from hlsandbox.hypervisor import kvm
+from helpers import make_sandbox
 
 REQUIRE_KVM = os.environ.get("HLSANDBOX_REQUIRE_KVM") == "1"
 
@@ -40,16 +41,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kvm: needs a usable /dev/kvm")
     config.addinivalue_line("markers", "slow: long-running")
-
-
-def host_add(a: int, b: int) -> int:
-    return a + b
-
-
-def make_sandbox(config: hl.SandboxConfiguration | None = None, **kw) -> hl.MultiUseSandbox:
-    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"), config, **kw)
-    u.register("HostAdd", host_add, params=(hl.i32, hl.i32), returns=hl.i32)
-    return u.evolve()
 
 
 @pytest.fixture

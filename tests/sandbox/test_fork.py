@@ -9,7 +9,7 @@ import pytest
 
 import hlsandbox as hl
 
-from conftest import make_sandbox
+from helpers import make_sandbox
 
 pytestmark = pytest.mark.kvm
 
@@ -67,7 +67,7 @@ def test_new_sandboxes_work_in_the_child():
 def test_a_parents_snapshot_starts_sandboxes_in_the_child():
     """A snapshot is an immutable image (a memfd): unlike a VM it is valid in the child,
     which makes pre-forked workers cheap."""
-    from conftest import host_add
+    from helpers import host_add
     with make_sandbox() as sb:
         sb.call("SetStatic", 9)
         snap = sb.snapshot()

@@ -17,7 +17,7 @@ import pytest
 import hlsandbox as hl
 from hlsandbox.sandbox.watchdog import WATCHDOG
 
-from conftest import make_sandbox
+from helpers import make_sandbox
 
 pytestmark = pytest.mark.kvm
 
