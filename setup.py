@@ -17,6 +17,8 @@ EXTENSIONS = [
     Extension("hlsandbox.hypervisor.kvm", ["hlsandbox/hypervisor/kvm.pyx"], include_dirs=["hlsandbox/hypervisor"]),
     Extension("hlsandbox.sandbox.call_path", ["hlsandbox/sandbox/call_path.pyx"],
               include_dirs=["hlsandbox/hypervisor"]),
+    Extension("hlsandbox.sandbox.hot_path", ["hlsandbox/sandbox/hot_path.pyx"],
+              include_dirs=["hlsandbox/hypervisor", "hlsandbox/sandbox"]),
 ]
 
 

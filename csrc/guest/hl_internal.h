@@ -17,6 +17,36 @@
  * or stale. A macro, because the port must be an immediate. */
 #define HL_OUT(port) __asm__ volatile("outb %%al, %0" ::"N"(port), "a"(0) : "memory")
 
+/* ---- hot.c: the hot-mode mailbox (docs/abi.md, "Hot mode") ---- */
+
+/* 128 bytes at the PEB's mailbox address: the word both sides write, then
+ * the host's settings on a cache line of their own. */
+typedef struct {
+  uint64_t state;        /* HL_HOT_POSTED/PARKED | port << 8, or HL_HOT_RESUMED */
+  uint64_t pad0[7];
+  uint64_t mode;         /* HL_HOT_ON while the host keeps the sandbox hot */
+  uint64_t spin_ticks;   /* TSC ticks to spin before parking */
+  uint64_t host_waiting; /* nonzero while the host blocks: park at once to wake it */
+  uint64_t pad1[5];
+} hl_mailbox_t;
+_Static_assert(sizeof(hl_mailbox_t) == 128, "mailbox of docs/abi.md");
+
+enum { HL_HOT_POSTED = 1, HL_HOT_RESUMED = 2, HL_HOT_PARKED = 3 };
+#define HL_HOT_ON 1
+
+extern volatile hl_mailbox_t *hl_mailbox;
+void hl_hot_init(uint64_t mailbox);
+__attribute__((hot)) void hl_exit_slow(unsigned port);
+
+/* An exit that resumes (HALT, CALL_FUNCTION, LOG, PRINT): `out` when cold,
+ * the mailbox when the host keeps the sandbox hot. */
+#define HL_EXIT(port)                                                                                   \
+  do {                                                                                                \
+    volatile hl_mailbox_t *mb_ = hl_mailbox;                                                            \
+    if (mb_ != NULL && __atomic_load_n(&mb_->mode, __ATOMIC_RELAXED) == HL_HOT_ON) hl_exit_slow(port); \
+    else HL_OUT(port);                                                                                \
+  } while (0)
+
 /* The functions every guest call runs (dispatch, record decoding and encoding) go in
  * .text.hot, together: the first call of a sandbox created from a snapshot pays a
  * shadow-MMU fault (~5 us on kvm-pvm) for each distinct page it touches. */
@@ -67,6 +97,7 @@ enum {
   HL_PEB_SCRATCH_SIZE,  /* 112 */
   HL_PEB_COUNTER_ADDR,  /* 120: the GuestCounter (a u64) */
   HL_PEB_PROFILE,       /* 128: 0 amd64, 1 i686 */
+  HL_PEB_HOT_MAILBOX,   /* 136: the hot-mode mailbox (0: none) */
   HL_PEB_FIELDS,
 };
 _Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");

@@ -34,6 +34,7 @@ TRAMPOLINE_FXSAVE = 0x200
 STACK_COPY = 16 << 10
 HOST_PAGE = PAGE  # the top page of scratch: host-written (the GuestCounter)
 GUEST_COUNTER_OFFSET = 0x1000  # the GuestCounter's distance below the top of scratch
+HOT_MAILBOX_SIZE = 128  # amd64: the hot-mode mailbox, the top bytes of the stack region (docs/abi.md)
 
 PROFILES = ("amd64", "i686")
 APIC_PAGE = 0xFEE00000
@@ -264,6 +265,17 @@ class SandboxMemoryLayout:
         if self.code_gpa > before:  # alignment padding (amd64) or free low memory (i686) before the image
             out.insert(0, Region("padding", before, self.code_gpa - before, NOT_PRESENT))
         return out
+
+    @property
+    def hot_mailbox_gpa(self) -> int:
+        """amd64: the hot-mode mailbox, above the guest's initial stack pointer in the
+        stack top that restores copy whole; i686: 0 (no hot mode)."""
+        return self.stack_top - HOT_MAILBOX_SIZE if self.profile == "amd64" else 0
+
+    @property
+    def initial_rsp(self) -> int:
+        """The stack pointer the guest's entry point gets: below the mailbox."""
+        return self.stack_top - HOT_MAILBOX_SIZE if self.profile == "amd64" else self.stack_top
 
     @property
     def stack_copy_size(self) -> int:
