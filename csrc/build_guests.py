@@ -1,9 +1,11 @@
 """Builds the C guests into freestanding ELF files.
 
-- csrc/guests/*.c: amd64-profile guests, static PIEs built with the SDK in
-  csrc/guest/;
-- csrc/guests32/*.c: i686-profile guests (docs/abi.md, "i686 profile"),
-  32-bit ET_EXEC files linked at 0x100000 with the runtime in csrc/guest32/.
+- csrc/guests/amd64/*.c: amd64-profile guests, static PIEs built with the SDK
+  in csrc/sdk/amd64/;
+- csrc/guests/i686/*.c: i686-profile guests (docs/abi.md, "i686 profile"),
+  32-bit ET_EXEC files linked at 0x100000 with the runtime in csrc/sdk/i686/.
+
+csrc/sdk/common/ holds the sources both profiles compile.
 
 Pure standard library, so setup.py can import it before anything is installed.
 Each guest is one compiler invocation: its runtime plus the guest's own
@@ -21,11 +23,11 @@ import sys
 
 CSRC = pathlib.Path(__file__).resolve().parent
 ROOT = CSRC.parent
-SDK_DIR = CSRC / "guest"
-GUESTS_DIR = CSRC / "guests"
-RUNTIME32_DIR = CSRC / "guest32"
-GUESTS32_DIR = CSRC / "guests32"
-COMMON_DIR = CSRC / "common"  # shared by both runtimes
+SDK_DIR = CSRC / "sdk" / "amd64"
+GUESTS_DIR = CSRC / "guests" / "amd64"
+RUNTIME32_DIR = CSRC / "sdk" / "i686"
+GUESTS32_DIR = CSRC / "guests" / "i686"
+COMMON_DIR = CSRC / "sdk" / "common"  # shared by both runtimes
 
 # docs/abi.md: a static PIE (only R_X86_64_RELATIVE relocations, no
 # interpreter), 4 KiB segment alignment, no libc or start files, no endbr64,
@@ -39,7 +41,7 @@ CFLAGS = [
     "-fno-jump-tables",  # a switch's table would be one more .rodata page for a call to touch
     "-Wl,--no-dynamic-linker", "-Wl,-z,max-page-size=4096", "-Wl,-z,noexecstack",
     "-Wl,--build-id=none", "-Wl,-e,_start",
-    "-I", "csrc/guest",
+    "-I", "csrc/sdk/amd64",
 ]
 
 # i686 profile: everything runs emulated on kvm-pvm, which has no x87, SSE or
@@ -51,9 +53,9 @@ CFLAGS32 = [
     "-m32", "-march=i686", "-O2", "-g", "-Wall", "-Wextra", "-Werror", "-std=gnu11",
     "-ffreestanding", "-fno-pic", "-fno-pie", "-no-pie", "-static", "-nostdlib", "-nostartfiles",
     "-mgeneral-regs-only", "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
-    "-Wl,-T,csrc/guest32/link.ld", "-Wl,-z,max-page-size=4096", "-Wl,-z,noexecstack",
+    "-Wl,-T,csrc/sdk/i686/link.ld", "-Wl,-z,max-page-size=4096", "-Wl,-z,noexecstack",
     "-Wl,--build-id=none", "-Wl,-e,_start",
-    "-I", "csrc/guest32",
+    "-I", "csrc/sdk/i686",
 ]
 
 EM_X86_64 = 62
@@ -150,7 +152,7 @@ def _compile(cc: str, guest: pathlib.Path, out: pathlib.Path, profile32: bool = 
 
 
 def build_guests(out_dir: pathlib.Path, cc: str = os.environ.get("CC", "gcc")) -> list[pathlib.Path]:
-    """Compiles every csrc/guests/*.c (amd64) and csrc/guests32/*.c (i686) into
+    """Compiles every csrc/guests/amd64/*.c and csrc/guests/i686/*.c into
     out_dir/<name>.elf; returns the ELF paths."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Guests built and shipped with the package (from csrc/guests/)."""
+"""Guests built and shipped with the package (from csrc/guests/amd64 and csrc/guests/i686)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -28,7 +28,7 @@ def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str)
     off = image.symbols.get(EXCEPTION_STUBS_SYMBOL)
     if off is None:
         raise InvalidGuestBinary(f"{name}: no {EXCEPTION_STUBS_SYMBOL} symbol; link the guest with the "
-                                 "hlsandbox guest SDK (csrc/guest)")
+                                 "hlsandbox guest SDK (csrc/sdk/amd64)")
     if off + IDT_VECTORS * STUB_STRIDE > image.size:
         raise InvalidGuestBinary(f"{name}: {EXCEPTION_STUBS_SYMBOL} lies outside the image")
     return layout.code_gpa + off

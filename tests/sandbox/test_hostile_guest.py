@@ -1,4 +1,4 @@
-"""A guest that breaks the ABI on purpose (csrc/guests/hostileguest.c).
+"""A guest that breaks the ABI on purpose (csrc/guests/amd64/hostileguest.c).
 
 Every hostile call must raise a precise exception, poison the sandbox when the
 call did not end cleanly (a result the host rejected, an abort, a fault), and

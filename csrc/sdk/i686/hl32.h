@@ -1,5 +1,5 @@
 /* hl32.h - a minimal runtime for i686-profile guests (docs/abi.md, "i686
- * profile (no paging)"), separate from the amd64 SDK in csrc/guest/.
+ * profile (no paging)"), separate from the amd64 SDK in csrc/sdk/amd64/.
  *
  * Such a guest runs once, during evolve(): it starts in 32-bit protected
  * mode at CPL0 without paging, does its work (raw host calls, prints), then

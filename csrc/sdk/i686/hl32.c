@@ -337,7 +337,7 @@ void hl32_main(const uint64_t *peb, uint32_t seed, uint32_t page_size, uint32_t 
 
 /* ---- freestanding helpers ---- */
 
-/* memcpy, memset, memcmp, strlen: csrc/common/string.c. */
+/* memcpy, memset, memcmp, strlen: csrc/sdk/common/string.c. */
 
 char *hl32_utoa(uint32_t v, char *buf) {
   char tmp[10];
