@@ -58,6 +58,7 @@ cdef extern from "hot_sync.h" nogil:
     void hl_hot_futex_wait(volatile uint32_t *p, uint32_t v, uint64_t ns)
     void hl_hot_futex_wake(volatile uint32_t *p)
     void hl_block_signals_but(int sig)
+    int sched_yield()
 
 # The mailbox (docs/abi.md, "Hot mode"): u64 words at these byte offsets.
 cdef enum:
@@ -96,6 +97,7 @@ cdef struct vcpu_thread:
     volatile int *cancel  # the VM's cancel_requested
     volatile uint32_t cmd_seq  # caller: one more KVM_RUN (or quit)
     volatile uint32_t exit_seq  # thread: one more KVM_RUN ended (rc, err)
+    volatile uint32_t run_seq  # thread: the command it is about to run (the caller yields until then)
     volatile int quit, stop
     int rc, err
 
@@ -113,6 +115,7 @@ cdef void *vcpu_main(void *arg) noexcept nogil:
         seen = hl_load32(&t.cmd_seq)
         if hl_load_int(&t.quit):
             return NULL
+        hl_store32(&t.run_seq, seen)
         while True:
             rc = ioctl(t.fd, KVM_RUN, 0)
             err = errno
@@ -158,6 +161,7 @@ cdef class HotPath:
     cdef pthread_t tid, caller
     cdef bint started, closed
     cdef bint parked  # the vCPU thread is idle: the guest sits at an `out` (resume: KVM_RUN)
+    cdef bint waking  # the vCPU thread was woken and the guest has not posted since
     cdef bint expect_park  # a resume lost the race with the guest parking: its exit is on the way
     cdef uint32_t cmds, consumed  # KVM_RUN commands sent, exits consumed
     cdef uint64_t posted  # the state word of the exit being served
@@ -294,6 +298,7 @@ cdef class HotPath:
         return 0
 
     cdef int _command_run(self) except -1:
+        self.waking = True
         self.cmds += 1
         self.wakes += 1
         hl_store32(&self.t.cmd_seq, self.cmds)
@@ -345,7 +350,15 @@ cdef class HotPath:
                         hl_hot_futex_wait(&self.t.exit_seq, seq, 100000000)
                         block = True
                         break
-                    hl_pause()
+                    if self.waking and i > 64:
+                        # The vCPU thread was just woken, often onto this core (the waker's):
+                        # sleep in short steps so it runs, instead of spinning it off the core
+                        # for a whole time slice. Until the guest's first post only.
+                        hl_hot_futex_wait(&self.t.exit_seq, self.consumed, 20000)
+                    elif (i & 255) == 0 and i > 1024:
+                        sched_yield()  # let a thread that shares this core run
+                    else:
+                        hl_pause()
             if hl_load32(&self.t.exit_seq) != self.consumed:
                 hl_store_release(&self.mb[MB_WAITING], 0)
                 rc = self._take_exit()
@@ -366,6 +379,7 @@ cdef class HotPath:
             raise GuestProtocolError(f"hot mailbox: the guest posted state {s:#x}, not an exit it may take there")
         self.posted = s
         self.posts += 1
+        self.waking = False
         return <int>port
 
     cdef int _take_exit(self) except? -100:

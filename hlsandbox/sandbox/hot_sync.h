@@ -5,6 +5,7 @@
 #define HL_HOT_SYNC_H
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <sys/syscall.h>
