@@ -37,6 +37,9 @@ cdef extern from "errno.h" nogil:
     int errno
     int EINTR, EAGAIN
 
+cdef extern from "unistd.h" nogil:
+    int getpid()
+
 cdef extern from "sys/ioctl.h" nogil:
     int ioctl(int fd, unsigned long request, ...)
 
@@ -160,6 +163,7 @@ cdef class HotPath:
     cdef vcpu_thread *t
     cdef pthread_t tid, caller
     cdef bint started, closed
+    cdef int pid  # the process that started the vCPU thread (a forked child has no such thread)
     cdef bint parked  # the vCPU thread is idle: the guest sits at an `out` (resume: KVM_RUN)
     cdef bint waking  # the vCPU thread was woken and the guest has not posted since
     cdef bint expect_park  # a resume lost the race with the guest parking: its exit is on the way
@@ -183,6 +187,7 @@ cdef class HotPath:
             raise MemoryError()
         self.t.fd = vm.vcpu_fd
         self.t.cancel = <volatile int *>&vm.cancel_requested
+        self.pid = getpid()
         if pthread_create(&self.tid, NULL, vcpu_main, self.t) != 0:
             raise OSError("cannot start the vCPU thread")
         self.started = True
@@ -202,6 +207,8 @@ cdef class HotPath:
         """Claims the vCPU for a call; kill() now signals the vCPU thread."""
         if self.closed:
             raise HyperlightError("the sandbox has left hot mode")
+        if getpid() != self.pid:
+            raise HyperlightError("a hot sandbox cannot be used in a forked child (its vCPU thread is in the parent)")
         cdef uint64_t generation = self.vm.begin_c()
         self.caller = self.vm.thread
         self.vm.thread = self.tid
@@ -505,6 +512,10 @@ cdef class HotPath:
         """Parks the guest (or stops it) and ends the vCPU thread; the sandbox is cold again."""
         if self.closed:
             return
+        if getpid() != self.pid:  # a forked child: nothing of the thread is here to stop
+            self.started = False
+            self.closed = True
+            return
         if self.vm.active:
             if pthread_equal(self.caller, pthread_self()):
                 raise HyperlightError("cannot leave hot mode from inside a call")
@@ -532,7 +543,7 @@ cdef class HotPath:
     def __dealloc__(self):
         if self.t == NULL:
             return
-        if self.started:
+        if self.started and getpid() == self.pid:
             if hl_load32(&self.t.exit_seq) != self.cmds and self.vm is not None and self.vm.run_ptr != NULL:
                 hl_store32(<volatile uint32_t *>&self.t.stop, 1)
                 self.vm.run_ptr.immediate_exit = 1

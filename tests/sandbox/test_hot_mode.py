@@ -188,3 +188,52 @@ def test_i686_cannot_be_hot():
     u.register_raw(2, lambda r: b"")
     with u.evolve() as sb, pytest.raises(hl.InvalidConfiguration, match="amd64"):
         sb.hot().__enter__()
+
+
+def test_a_dropped_hot_sandbox_ends_its_thread():
+    import gc
+    sb = make_sandbox()
+    before = _threads()
+    sb._start_hot(0.5)
+    sb.call("Echo", "spinning now")
+    assert len(_threads() - before) == 1
+    del sb
+    gc.collect()
+    assert _threads() - before == set()
+
+
+def test_a_forked_child_refuses_hot_calls():
+    with make_sandbox() as sb, sb.hot(spin=0.5):
+        sb.call("Echo", "parent")
+        pid = os.fork()
+        if pid == 0:  # the child: a typed error, then leaving the block must not touch the parent's thread
+            code = 1
+            try:
+                sb.call("Echo", "child")
+            except hl.HyperlightError as e:
+                code = 0 if "forked child" in str(e) else 2
+            sb._stop_hot()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert sb.call("Echo", "parent again") == "parent again"
+
+
+@pytest.mark.parametrize("hot", [False, True])
+def test_ctrl_c_stops_a_call(hot):
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+    with make_sandbox() as sb:
+        if hot:
+            sb._start_hot(0.002)
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                sb.call("Spin", timeout=10)
+        finally:
+            timer.cancel()
+        assert sb.poisoned
+        sb.restore()
+        assert sb.call("Echo", "after ^C") == "after ^C"
