@@ -428,11 +428,13 @@ cdef class HotPath:
         if reason == KVM_EXIT_INTR:
             if self.vm.cancel_requested:
                 return EXIT_CANCELED
-            self._resume()
+            self.parked = False  # the guest was interrupted, not exiting: run it on as it was
+            self._command_run()
             return CONTINUE
         if reason == KVM_EXIT_DIRTY_RING_FULL:
             self.vm.harvest_c()
-            self._resume()
+            self.parked = False
+            self._command_run()
             return CONTINUE
         if reason == KVM_EXIT_MMIO:
             return EXIT_MMIO
