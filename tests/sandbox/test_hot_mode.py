@@ -237,3 +237,20 @@ def test_ctrl_c_stops_a_call(hot):
         assert sb.poisoned
         sb.restore()
         assert sb.call("Echo", "after ^C") == "after ^C"
+
+
+def test_a_call_that_fills_the_dirty_ring():
+    """More pages written than the dirty ring holds: KVM exits to harvest it mid-call,
+    and the hot path runs the guest on."""
+    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"), hl.SandboxConfiguration(heap_size="40Mi"))
+    with u.evolve() as sb, sb.hot(spin=0.5):
+        addr = sb.call("Malloc", 24 << 20)
+        assert addr
+        runs = sb._hot.wakes
+        assert sb.call("WritePages", addr, 6000) == 6000
+        if sb._vm.uses_dirty_ring:
+            assert sb._hot.wakes > runs  # KVM_RUN ended with the ring full and was run again
+        assert sb.read_memory(addr + 5999 * 4096, 1) != b"\0"
+        sb.restore()
+        assert sb.read_memory(addr + 5999 * 4096, 1) == b"\0"
+        assert sb.call("Echo", "after") == "after"
