@@ -285,8 +285,8 @@ cdef class HotPath:
             raise
 
     cdef int _complete_pending(self) except -1:
-        """VirtualMachine.complete_pending_exit() on the vCPU thread (a KVM_RUN on another
-        thread costs KVM an RCU grace period to move the vCPU)."""
+        """VirtualMachine.complete_pending_exit() on the vCPU thread, which owns the vCPU
+        while the sandbox is hot (KVM_RUN from another thread moves the vCPU's owner)."""
         cdef int i
         hl_store32(<volatile uint32_t *>&self.t.stop, 1)
         self.vm.run_ptr.immediate_exit = 1
