@@ -3,22 +3,21 @@ from __future__ import annotations
 
 import struct
 
+from ..abi import ABI_VERSION, PEB_FIELDS, PEB_MAGIC, Profile
 from ..errors import InvalidGuestBinary
-from .elf import EXCEPTION_STUBS_SYMBOL, ElfImage
+from .elf import EXCEPTION_STUBS_SYMBOL, THREAD_BLOCK_SYMBOL, ElfImage
 from .layout import I686_STUBS_OFFSET, I686_TSS_OFFSET, SandboxMemoryLayout
 from .paging import RegionMap, build_page_tables
 from .shared_memory import SharedMemory
 from .system_tables import IDT_VECTORS, STUB_STRIDE, write_i686_system_page, write_system_tables
 from .trampoline import trampoline_code
 
-PEB_MAGIC = 0x0142455050424C48  # b"HLBPPEB\x01" little-endian
-ABI_VERSION = 2
-PROFILE_IDS = {"amd64": 0, "i686": 1}
+PROFILE_IDS = {"amd64": int(Profile.AMD64), "i686": int(Profile.I686)}
 
 
 def write_peb(mem: memoryview, layout: SandboxMemoryLayout) -> None:
     L = layout
-    struct.pack_into("<18Q", mem, L.peb_gpa, PEB_MAGIC, ABI_VERSION, L.input_gpa, L.input_size,
+    struct.pack_into(f"<{PEB_FIELDS}Q", mem, L.peb_gpa, PEB_MAGIC, ABI_VERSION, L.input_gpa, L.input_size,
                      L.output_gpa, L.output_size, L.heap_gpa, L.heap_size, L.stack_top, L.stack_size,
                      L.code_gpa, L.image_size, L.total_size, L.scratch_gpa, L.scratch_size, L.counter_gpa,
                      PROFILE_IDS[L.profile], L.hot_mailbox_gpa)
@@ -31,6 +30,15 @@ def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str)
                                  "hlsandbox guest SDK (csrc/sdk/amd64)")
     if off + IDT_VECTORS * STUB_STRIDE > image.size:
         raise InvalidGuestBinary(f"{name}: {EXCEPTION_STUBS_SYMBOL} lies outside the image")
+    return layout.code_gpa + off
+
+
+def thread_pointer(image: ElfImage, layout: SandboxMemoryLayout) -> int:
+    """The FS base an amd64 guest starts with: its thread block (the C library's errno,
+    locale and stack-protector canary live there), or 0 if it has none."""
+    off = image.symbols.get(THREAD_BLOCK_SYMBOL)
+    if off is None or layout.profile != "amd64" or off >= image.size:
+        return 0
     return layout.code_gpa + off
 
 

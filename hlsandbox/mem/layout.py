@@ -5,6 +5,7 @@ import types
 from dataclasses import dataclass
 from typing import Optional
 
+from ..abi import HOT_MAILBOX_SIZE  # amd64: the hot-mode mailbox, the top bytes of the stack region
 from ..errors import InvalidConfiguration
 from .elf import PF_W, PF_X, ElfImage
 
@@ -34,7 +35,6 @@ TRAMPOLINE_FXSAVE = 0x200
 STACK_COPY = 16 << 10
 HOST_PAGE = PAGE  # the top page of scratch: host-written (the GuestCounter)
 GUEST_COUNTER_OFFSET = 0x1000  # the GuestCounter's distance below the top of scratch
-HOT_MAILBOX_SIZE = 128  # amd64: the hot-mode mailbox, the top bytes of the stack region (docs/abi.md)
 
 PROFILES = ("amd64", "i686")
 APIC_PAGE = 0xFEE00000

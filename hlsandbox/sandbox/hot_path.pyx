@@ -20,6 +20,9 @@ from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from cpython.exc cimport PyErr_CheckSignals
 
+from ..abi cimport (HL_HOT_STATE, HL_HOT_MODE, HL_HOT_SPIN, HL_HOT_WAITING, HL_HOT_MAILBOX_SIZE, HL_HOT_POSTED,
+                   HL_HOT_RESUMED, HL_HOT_PARKED, HL_HOT_ON, HL_HOT_OFF, HL_PORT_LOG, HL_PORT_CALL_FUNCTION, HL_PORT_PRINT,
+                   HL_PORT_HALT)
 from ..func.wire cimport RecordStack
 from ..hypervisor.kvm cimport (VirtualMachine, kvm_run, pthread_t, pthread_self, pthread_kill, pthread_equal,
                                KVM_RUN, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_INTR, KVM_EXIT_DIRTY_RING_FULL,
@@ -63,23 +66,21 @@ cdef extern from "hot_sync.h" nogil:
     void hl_block_signals_but(int sig)
     int sched_yield()
 
-# The mailbox (docs/abi.md, "Hot mode"): u64 words at these byte offsets.
+# The mailbox (docs/abi.md, "Hot mode"; its numbers live in hl_abi.h): u64 words.
 cdef enum:
-    MB_STATE = 0          # both sides: POSTED/PARKED | port << 8, or RESUMED
-    MB_MODE = 8           # byte 64, host: HOT_ON while hot
-    MB_SPIN = 9           # byte 72, host: TSC ticks the guest spins before parking
-    MB_WAITING = 10       # byte 80, host: nonzero while the host blocks
-    POSTED = 1
-    RESUMED = 2
-    PARKED = 3
-    HOT_ON = 1
-    MODE_COLD = 0
-
-cdef enum:
-    PORT_LOG = 99
-    PORT_CALL_FUNCTION = 101
-    PORT_PRINT = 103
-    PORT_HALT = 108
+    MB_STATE = HL_HOT_STATE >> 3      # both sides: POSTED/PARKED | port << 8, or RESUMED
+    MB_MODE = HL_HOT_MODE >> 3        # host: HL_HOT_ON while hot
+    MB_SPIN = HL_HOT_SPIN >> 3        # host: TSC ticks the guest spins before parking
+    MB_WAITING = HL_HOT_WAITING >> 3  # host: nonzero while the host blocks
+    POSTED = HL_HOT_POSTED
+    RESUMED = HL_HOT_RESUMED
+    PARKED = HL_HOT_PARKED
+    HOT_ON = HL_HOT_ON
+    MODE_COLD = HL_HOT_OFF
+    PORT_LOG = HL_PORT_LOG
+    PORT_CALL_FUNCTION = HL_PORT_CALL_FUNCTION
+    PORT_PRINT = HL_PORT_PRINT
+    PORT_HALT = HL_PORT_HALT
     CONTINUE = -1000  # internal: the exit was consumed, keep waiting
 
 cdef int CANCEL_SIGNAL = _kvm.CANCEL_SIGNAL
@@ -176,7 +177,7 @@ cdef class HotPath:
                  SharedMemory memory, uint64_t mailbox, double spin):
         if not spin > 0:
             raise ValueError(f"spin must be positive seconds, got {spin!r}")
-        if mailbox % 64 or mailbox < <uint64_t>memory.base or mailbox + 128 > <uint64_t>memory.base + memory.size:
+        if mailbox % 64 or mailbox < <uint64_t>memory.base or mailbox + HL_HOT_MAILBOX_SIZE > <uint64_t>memory.base + memory.size:
             raise ValueError("the hot mailbox is outside guest memory")
         self.vm, self.input, self.output, self.serve, self.cold, self.memory = vm, input, output, serve, cold, memory
         self.mb = <volatile uint64_t *>mailbox

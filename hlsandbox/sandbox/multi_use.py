@@ -15,7 +15,8 @@ from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
 from ..hypervisor import kvm
-from ..mem.builder import build_guest_memory
+from ..abi import RecordKind
+from ..mem.builder import build_guest_memory, thread_pointer
 from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory, page_runs
@@ -34,7 +35,7 @@ from .interrupt import InterruptHandle
 from .watchdog import WATCHDOG
 
 GUEST_LOGGER = logging.getLogger("hlsandbox.guest")
-RAW_CALL_KIND = 7  # docs/abi.md
+RAW_CALL_KIND = int(RecordKind.RAW_CALL)
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 # Guest log levels 0..5 (docs/abi.md) as Python logging levels.
@@ -154,7 +155,7 @@ class MultiUseSandbox:
                                   rbx=seed & 0xFFFFFFFF, rcx=4096, rdx=level, rflags=2)
             else:
                 self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa,
-                                         TSS_SIZE - 1)
+                                         TSS_SIZE - 1, thread_pointer(image, L))
                 self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.initial_rsp, rdi=L.peb_gpa, rsi=seed,
                                   rdx=4096, rcx=level, rflags=2)
             self._input.clear()

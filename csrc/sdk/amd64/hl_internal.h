@@ -4,13 +4,6 @@
 
 #include "hlguest.h"
 
-/* Ports (docs/abi.md, "Execution model"). */
-#define HL_PORT_LOG 99
-#define HL_PORT_CALL_FUNCTION 101
-#define HL_PORT_ABORT 102
-#define HL_PORT_PRINT 103
-#define HL_PORT_HALT 108
-
 /* `out imm8, al`: the only way out of the VM. The "memory" clobber makes the
  * compiler finish every record write before the exit and re-read buffer
  * memory the host changed after it; without it records could be half written
@@ -19,20 +12,20 @@
 
 /* ---- hot.c: the hot-mode mailbox (docs/abi.md, "Hot mode") ---- */
 
-/* 128 bytes at the PEB's mailbox address: the word both sides write, then
- * the host's settings on a cache line of their own. */
+/* The mailbox's layout and states are hl_abi.h's (HL_HOT_*). */
 typedef struct {
-  uint64_t state;        /* HL_HOT_POSTED/PARKED | port << 8, or HL_HOT_RESUMED */
+  uint64_t state;
   uint64_t pad0[7];
-  uint64_t mode;         /* HL_HOT_ON while the host keeps the sandbox hot */
-  uint64_t spin_ticks;   /* TSC ticks to spin before parking */
-  uint64_t host_waiting; /* nonzero while the host blocks: park at once to wake it */
+  uint64_t mode;
+  uint64_t spin_ticks;
+  uint64_t host_waiting;
   uint64_t pad1[5];
 } hl_mailbox_t;
-_Static_assert(sizeof(hl_mailbox_t) == 128, "mailbox of docs/abi.md");
-
-enum { HL_HOT_POSTED = 1, HL_HOT_RESUMED = 2, HL_HOT_PARKED = 3 };
-#define HL_HOT_ON 1
+_Static_assert(sizeof(hl_mailbox_t) == HL_HOT_MAILBOX_SIZE, "hl_abi.h: mailbox size");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, state) == HL_HOT_STATE, "hl_abi.h: mailbox state");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, mode) == HL_HOT_MODE, "hl_abi.h: mailbox mode");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, spin_ticks) == HL_HOT_SPIN, "hl_abi.h: mailbox spin");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, host_waiting) == HL_HOT_WAITING, "hl_abi.h: mailbox waiting");
 
 extern volatile hl_mailbox_t *hl_mailbox;
 void hl_hot_init(uint64_t mailbox);
@@ -52,55 +45,14 @@ __attribute__((hot)) void hl_exit_slow(unsigned port);
  * shadow-MMU fault (~5 us on kvm-pvm) for each distinct page it touches. */
 #define HL_HOT __attribute__((hot))
 
-/* Record kinds. */
-enum {
-  HL_REC_CALL = 1,
-  HL_REC_RETURN = 2,
-  HL_REC_ERROR = 3,
-  HL_REC_LOG = 4,
-  HL_REC_PRINT = 5,
-  HL_REC_FUNCTION_TABLE = 6,
-  HL_REC_RAW_CALL = 7,
-  HL_REC_RAW_RESULT = 8,
-};
-
-/* Error codes of ERROR records. */
-enum {
-  HL_ERR_GENERIC = 1,
-  HL_ERR_FUNCTION_NOT_FOUND = 2,
-  HL_ERR_PARAMETER_MISMATCH = 3,
-  HL_ERR_HOST_FUNCTION = 4,
-  HL_ERR_HOST_FUNCTION_NOT_FOUND = 5,
-  HL_ERR_MALFORMED = 6,
-};
-
-#define HL_PEB_MAGIC 0x0142455050424c48ULL
-#define HL_ABI_VERSION 2
-#define HL_PROFILE_AMD64 0
-
-/* PEB field offsets in u64 units. */
-enum {
-  HL_PEB_MAGIC_F = 0,
-  HL_PEB_VERSION,
-  HL_PEB_INPUT_ADDR,
-  HL_PEB_INPUT_SIZE,
-  HL_PEB_OUTPUT_ADDR,
-  HL_PEB_OUTPUT_SIZE,
-  HL_PEB_HEAP_ADDR,
-  HL_PEB_HEAP_SIZE,
-  HL_PEB_STACK_TOP,
-  HL_PEB_STACK_SIZE,
-  HL_PEB_CODE_ADDR,
-  HL_PEB_CODE_SIZE,
-  HL_PEB_MEMORY_SIZE,
-  HL_PEB_SCRATCH_ADDR,  /* 104 */
-  HL_PEB_SCRATCH_SIZE,  /* 112 */
-  HL_PEB_COUNTER_ADDR,  /* 120: the GuestCounter (a u64) */
-  HL_PEB_PROFILE,       /* 128: 0 amd64, 1 i686 */
-  HL_PEB_HOT_MAILBOX,   /* 136: the hot-mode mailbox (0: none) */
-  HL_PEB_FIELDS,
-};
 _Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");
+
+/* ---- libc_glue.c: the C library's system ---- */
+
+/* Sets up the thread block the host points FS at; first thing at entry. */
+void hl_libc_init(uint64_t seed);
+/* Sends what the guest left in stdout's buffer (after init and each call). */
+HL_HOT void hl_libc_after_call(void);
 
 /* ---- buffers.c: stacks of records ---- */
 
