@@ -130,7 +130,8 @@ def test_snapshot_and_restore_while_hot():
         assert sb.call("GetStatic") == 0
 
 
-@pytest.mark.parametrize("what, match", [(0, "state 0xdeadbeef00"), (1, "not an exit"), (2, "not an exit")])
+@pytest.mark.parametrize("what, match", [(0, "state 0xdeadbeef00"), (1, "not an exit"), (2, "not an exit"),
+                                         (3, "output buffer")])
 def test_a_guest_that_breaks_the_mailbox(what, match):
     u = hl.UninitializedSandbox(HOSTILE)
     u.register("HostAdd", lambda a, b: a + b, params=(hl.i32, hl.i32), returns=hl.i32)
