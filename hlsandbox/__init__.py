@@ -16,6 +16,7 @@ from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
+from .sandbox.hot_mode import HotMode
 from .sandbox.interrupt import InterruptHandle
 from .sandbox.multi_use import MultiUseSandbox
 from .sandbox.uninitialized import UninitializedSandbox
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBuildError", "GuestBinary", "GuestEmulationFailure", "GuestError",
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
-    "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
+    "HostFunctionError", "HostFunctionNotFound", "HotMode", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
     "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotMismatch", "StackOverflow",
     "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
