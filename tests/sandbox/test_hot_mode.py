@@ -255,3 +255,25 @@ def test_a_call_that_fills_the_dirty_ring():
         sb.restore()
         assert sb.read_memory(addr + 5999 * 4096, 1) == b"\0"
         assert sb.call("Echo", "after") == "after"
+
+
+def test_more_hot_sandboxes_than_cores():
+    """Three hot sandboxes called from three threads on a machine with fewer free cores:
+    slower, but every call answers correctly and nothing hangs."""
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            with make_sandbox() as sb, sb.hot(spin=0.001):
+                for i in range(300):
+                    assert sb.call("Echo", f"{k}-{i}") == f"{k}-{i}"
+                    assert sb.call("CallHostAdd", k, i) == k + i
+        except BaseException as e:  # noqa: B902 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
