@@ -277,3 +277,19 @@ def test_more_hot_sandboxes_than_cores():
         t.join(60)
     assert not any(t.is_alive() for t in threads)
     assert errors == []
+
+
+def test_the_caller_blocks_during_a_long_guest_call():
+    """After the spin period the calling thread sleeps until the guest answers (the
+    guest sees it blocked and parks to wake it): it does not spin through a long call."""
+    with make_sandbox() as sb:
+        n = 300_000_000
+        expected = sb.call("Sum", n)  # cold
+        with sb.hot(spin=0.002):
+            cpu = time.thread_time()
+            start = time.monotonic()
+            assert sb.call("Sum", n) == expected
+            wall = time.monotonic() - start
+            used = time.thread_time() - cpu
+    assert wall > 0.05, "the guest call was too short to show anything"
+    assert used < wall / 2, f"the caller used {used:.3f} s of CPU in a {wall:.3f} s call"
