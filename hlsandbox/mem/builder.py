@@ -25,6 +25,10 @@ def write_peb(mem: memoryview, layout: SandboxMemoryLayout) -> None:
 
 def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str) -> int:
     off = image.symbols.get(EXCEPTION_STUBS_SYMBOL)
+    if off is None and image.stripped:
+        raise InvalidGuestBinary(f"{name}: the ELF is stripped (it has no symbol table), so the host cannot find "
+                                 f"{EXCEPTION_STUBS_SYMBOL}; load the unstripped file (do not strip guests or "
+                                 "link them with -s)")
     if off is None:
         raise InvalidGuestBinary(f"{name}: no {EXCEPTION_STUBS_SYMBOL} symbol; link the guest with the "
                                  "hlsandbox guest SDK (csrc/sdk/amd64)")
