@@ -293,3 +293,20 @@ def test_the_caller_blocks_during_a_long_guest_call():
             used = time.thread_time() - cpu
     assert wall > 0.05, "the guest call was too short to show anything"
     assert used < wall / 2, f"the caller used {used:.3f} s of CPU in a {wall:.3f} s call"
+
+
+def test_a_guest_built_with_the_sdk_and_its_libc_runs_hot(tmp_path):
+    from pathlib import Path
+
+    from hlsandbox import sdk
+    source = Path(__file__).resolve().parents[1] / "sdk" / "guests" / "libcguest.c"
+    try:
+        elf = sdk.build([str(source)], str(tmp_path / "libcguest.elf"))
+    except hl.GuestBuildError as e:
+        pytest.skip(f"cannot build guests here: {e}")
+    printed: list[str] = []
+    with hl.UninitializedSandbox(str(elf), writer=printed.append).evolve() as sb, sb.hot(spin=0.5):
+        assert sb.call("SortBytes", b"zyx") == b"xyz"
+        sb.call("Print", "hot\n")
+        assert sb._hot.posts > 2 and sb._hot.wakes == 1
+    assert "hot" in "".join(printed)
