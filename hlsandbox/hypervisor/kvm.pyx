@@ -351,11 +351,15 @@ cdef class VirtualMachine:
         self.n_dirty = self.cap_dirty = 0
         self.memory = None
 
+    def check_closable(self) -> None:
+        """Raises if the calling thread is inside a call of this VM (a host function)."""
+        if self.active and pthread_equal(self.thread, pthread_self()):
+            raise HyperlightError("cannot close a sandbox from inside its own call")
+
     def close(self) -> None:
         """Destroys the VM; a call running in another thread is killed and waited for first,
         calls waiting for the vCPU raise SandboxClosed."""
-        if self.active and pthread_equal(self.thread, pthread_self()):
-            raise HyperlightError("cannot close a sandbox from inside its own call")
+        self.check_closable()
         self.closing = True
         if self.active:
             self.kill()
@@ -474,7 +478,7 @@ cdef class VirtualMachine:
             raise SandboxClosed("the sandbox was closed while this call waited for it")
         self.active = True
         self.generation += 1
-        self.thread = pthread_self()
+        self.thread = self.signal_thread = pthread_self()
         self.cancel_requested = False
         self.run_ptr.immediate_exit = 0
         return self.generation
@@ -534,7 +538,7 @@ cdef class VirtualMachine:
             return True
         self.cancel_requested = True
         self.run_ptr.immediate_exit = 1  # a kill just before KVM_RUN is not lost
-        pthread_kill(self.thread, CANCEL_SIGNAL)
+        pthread_kill(self.signal_thread, CANCEL_SIGNAL)
         return True
 
     cpdef int run(self) except? -100:

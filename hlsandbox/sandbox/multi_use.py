@@ -33,6 +33,8 @@ from .guest_counter import GuestCounter
 from .call_path import CallPath
 from .call_path import RestorePlan, restore_pages
 from .faults import fault_from_exit, fault_from_frame
+from .hot_mode import DEFAULT_SPIN, HotMode, check_hot_capable
+from .hot_path import HotPath
 from .interrupt import InterruptHandle
 from .output import output_function
 from .watchdog import WATCHDOG
@@ -100,6 +102,7 @@ class MultiUseSandbox:
         self._vm = None
         self._memory = None
         self._path = None
+        self._hot: Optional[HotPath] = None  # while hot: the call path (self._path is it too)
         self._config = config  # None: the snapshot's own sizes, built when first asked for
         self._host_functions = host_functions
         self._write = output_function(writer)
@@ -181,7 +184,7 @@ class MultiUseSandbox:
             else:
                 self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa,
                                          TSS_SIZE - 1, thread_pointer(image, L))
-                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa, rsi=seed,
+                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.initial_rsp, rdi=L.peb_gpa, rsi=seed,
                                   rdx=4096, rcx=level, rflags=2)
             self._input.clear()
             self._output.clear()
@@ -302,6 +305,42 @@ class MultiUseSandbox:
     def _raise_writer_error(self) -> None:
         e, self._writer_error = self._writer_error, None
         raise WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}") from e
+
+    # -- hot mode ----------------------------------------------------------------------------
+
+    def hot(self, spin: float = DEFAULT_SPIN) -> HotMode:
+        """A context manager that keeps the sandbox hot: calls without a VM exit, at the
+        price of a core spinning while calls come (see HotMode; docs/architecture.md)."""
+        return HotMode(self, spin)
+
+    @property
+    def is_hot(self) -> bool:
+        """True inside `with sb.hot()`."""
+        return self._hot is not None
+
+    def _start_hot(self, spin: float) -> None:
+        if self._closed:
+            self._refuse()
+        if self._hot is not None:
+            raise HyperlightError("the sandbox is already hot")
+        why = check_hot_capable(self.layout.profile)
+        if why is not None:
+            raise why
+        L = self.layout
+        mailbox = self._memory.address + L.host(L.hot_mailbox_gpa)
+        self._hot = HotPath(self._vm, self._input, self._output, self._serve, self._path, self._memory, mailbox,
+                            spin)
+        self._cold_path, self._path = self._path, self._hot
+
+    def _stop_hot(self) -> None:
+        hot = self._hot
+        if hot is None:
+            return
+        try:
+            hot.close()
+        finally:
+            self._hot = None
+            self._path = self._cold_path
 
     def _refuse(self, name: str = "") -> None:
         if self._vm is not None and self._vm.forked:
@@ -484,6 +523,8 @@ class MultiUseSandbox:
         try:
             if path.poisoned:  # by a call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
+            if self._hot is not None:
+                self._hot.park()  # vCPU state can only be read with the guest out of KVM_RUN
             # After a restore the snapshot's state is staged, not yet in the vCPU.
             state = self._pending.vcpu_state if staged else vm.save_state()
             vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
@@ -537,6 +578,8 @@ class MultiUseSandbox:
         path = self._path
         path.begin()
         try:
+            if self._hot is not None:
+                self._hot.park()
             if snap is self._baseline:  # i686: no trampoline without 64-bit code: KVM_SET_XSAVE
                 restore_pages(vm, self._memory, snap.image, self._restore_ranges)
                 # A CPL0 guest can write MSRs (IA32_SYSENTER_*) and debug registers: all of it.
@@ -622,6 +665,9 @@ class MultiUseSandbox:
         """Destroys the VM and frees guest memory; a call running in another thread is
         killed and waited for (calls waiting for the sandbox raise SandboxClosed). Refused
         from inside one of its own calls (a host function), which leaves it open."""
+        if self._vm is not None:
+            self._vm.check_closable()
+        self._stop_hot()
         if self._vm is not None:
             self._vm.close()
         self._closed = True
