@@ -5,8 +5,6 @@ import logging
 import math
 import os
 import struct
-import sys
-import threading
 import types
 from typing import Any, Mapping, Optional, Union
 
