@@ -19,10 +19,6 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
                                PyThread_release_lock, PyLockStatus, PY_LOCK_ACQUIRED, PY_LOCK_INTR,
                                NOWAIT_LOCK)
-
-cdef extern from "pythread.h":
-    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
-                                             int intr_flag) nogil
 from libc.math cimport isfinite
 import time
 
@@ -33,6 +29,10 @@ from .vcpu_state import AMD64_CR0, AMD64_CR4, AMD64_EFER, I686_CR0
 cdef extern from "errno.h":
     int errno
     int EINTR, EAGAIN, EMFILE, ENFILE
+
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                             int intr_flag) nogil
 
 WAIT_DEFAULT = -2.0  # begin_c(): wait as long as the VM's max_wait says
 cdef double _WAIT_DEFAULT = -2.0
@@ -496,13 +496,13 @@ cdef class VirtualMachine:
         while True:
             if deadline is None:
                 us = -1
-            else:
-                us = <long long>max(0.0, (deadline - time.monotonic()) * 1e6)
+            else:  # at most an hour per wait: any wait fits the lock's limit (the loop goes on)
+                us = <long long>min(3.6e9, max(0.0, (deadline - time.monotonic()) * 1e6))
             with nogil:
                 got = PyThread_acquire_lock_timed(self.call_lock, us, 1)
             if got == PY_LOCK_ACQUIRED:
                 return
-            if got == PY_LOCK_INTR:
+            if got == PY_LOCK_INTR or (deadline is not None and time.monotonic() < deadline):
                 PyErr_CheckSignals()  # e.g. KeyboardInterrupt
                 continue
             raise SandboxBusy(f"the sandbox is already running a call from another thread; "

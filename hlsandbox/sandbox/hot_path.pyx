@@ -33,7 +33,7 @@ from ..mem.shared_memory cimport SharedMemory
 import os
 import threading
 
-from ..errors import ExecutionCanceled, GuestProtocolError, HyperlightError
+from ..errors import ExecutionCanceled, GuestProtocolError, HyperlightError, PoisonedSandbox, UsedAfterFork
 from ..hypervisor import kvm as _kvm
 
 cdef extern from "errno.h" nogil:
@@ -202,6 +202,23 @@ cdef class HotPath:
     def poisoned(self, value):
         self.cold.poisoned = value
 
+    @property
+    def pending(self):
+        """The snapshot whose vCPU state is staged (CallPath.pending: one home for it)."""
+        return self.cold.pending
+
+    @pending.setter
+    def pending(self, value):
+        self.cold.pending = value
+
+    @property
+    def pending_generation(self):
+        return self.cold.pending_generation
+
+    @pending_generation.setter
+    def pending_generation(self, value):
+        self.cold.pending_generation = value
+
     # -- claiming the vCPU (as CallPath) -------------------------------------------------------
 
     cpdef uint64_t begin(self, double wait=-2.0) except 0:
@@ -210,7 +227,7 @@ cdef class HotPath:
         if self.closed:
             raise HyperlightError("the sandbox has left hot mode")
         if getpid() != self.pid:
-            raise HyperlightError("a hot sandbox cannot be used in a forked child (its vCPU thread is in the parent)")
+            raise UsedAfterFork("a hot sandbox cannot be used in a forked child (its vCPU thread is in the parent)")
         cdef uint64_t generation = self.vm.begin_c(wait)
         self.vm.signal_thread = self.tid
         if self.cold.poisoned:  # by the call this one waited for

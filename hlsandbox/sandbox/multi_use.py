@@ -5,8 +5,6 @@ import logging
 import math
 import os
 import struct
-import sys
-import threading
 import types
 from typing import Any, Mapping, Optional, Union
 
@@ -116,8 +114,6 @@ class MultiUseSandbox:
         self._init_snapshot: Optional[Snapshot] = None
         self._init_plan: Optional[RestorePlan] = None
         self._last_plan: Optional[tuple[Snapshot, RestorePlan]] = None  # see _plan_for()
-        self._pending: Optional[Snapshot] = None  # restored, vCPU not run since (state staged)
-        self._pending_generation = -1
         self.layout = layout
         return self
 
@@ -243,7 +239,7 @@ class MultiUseSandbox:
                 raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
                                        f"was it saved on a host with other CPU features?") from e
             self._write_trampoline()
-            self._pending, self._pending_generation = snap, self._vm.generation
+            self._path.pending, self._path.pending_generation = snap, self._vm.generation
             self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
             self._init_plan = self._plan_for(snap)
@@ -286,7 +282,7 @@ class MultiUseSandbox:
                     finally:
                         restoring = False
                         if not self._closed:
-                            self._after_restore(self._init_snapshot)
+                            self._after_restore()
                 return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, w)
             return self._timed_call(fn, args, self._max_time if timeout is None else timeout, w)
         except HostFunctionError as e:
@@ -518,7 +514,6 @@ class MultiUseSandbox:
     def _snapshot(self) -> Snapshot:
         vm = self._vm
         path = self._path
-        staged = self._pending is not None and vm.generation == self._pending_generation
         path.begin()
         try:
             if path.poisoned:  # by a call this one waited for
@@ -526,7 +521,8 @@ class MultiUseSandbox:
             if self._hot is not None:
                 self._hot.park()  # vCPU state can only be read with the guest out of KVM_RUN
             # After a restore the snapshot's state is staged, not yet in the vCPU.
-            state = self._pending.vcpu_state if staged else vm.save_state()
+            staged = path.pending is not None and vm.generation == path.pending_generation + 1
+            state = path.pending.vcpu_state if staged else vm.save_state()
             vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
             snap = Snapshot.capture(self._memory, self.layout, state, self._host_functions.signatures(),
                                     [f.signature for f in self._functions.values()], self._copy_ranges,
@@ -561,7 +557,7 @@ class MultiUseSandbox:
             if snapshot is not None and snap._closed:
                 snap._check_open()
             self._path.restore(plan)
-            self._after_restore(snap)
+            self._after_restore()
             return
         if not isinstance(snap, Snapshot):
             raise TypeError(f"restore() takes a Snapshot, not {type(snap).__name__}")
@@ -599,7 +595,8 @@ class MultiUseSandbox:
                                            f"was it saved on a host with other CPU features?") from e
                 self._baseline = snap
             path.poisoned = False
-            self._after_restore(snap)
+            path.pending, path.pending_generation = snap, vm.generation
+            self._after_restore()
         finally:
             path.end()
 
@@ -615,11 +612,10 @@ class MultiUseSandbox:
         if self._memory.read(at, len(code)) != code:
             self._memory.write(at, code)
 
-    def _after_restore(self, snap: Snapshot) -> None:
-        """Bookkeeping after the memory and registers of `snap` are back."""
+    def _after_restore(self) -> None:
+        """Bookkeeping after a snapshot's memory and registers are back."""
         if self._counter is not None:
             self._counter._write()  # the host's value, whatever the snapshot holds
-        self._pending, self._pending_generation = snap, self._vm.generation
 
     def _plan_for(self, snap: Snapshot) -> Optional[RestorePlan]:
         """The fast-restore plan of an amd64 snapshot (kept for the init snapshot and for
@@ -634,6 +630,7 @@ class MultiUseSandbox:
         L = self.layout
         plan = RestorePlan(self._memory, snap.image, self._restore_ranges, snap.vcpu_state, L.trampoline_gpa,
                            TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
+        plan.snapshot = snap
         self._last_plan = (snap, plan)
         return plan
 
@@ -675,7 +672,9 @@ class MultiUseSandbox:
             self._memory.close()
         # The snapshots this sandbox keeps hold a memfd and a mapping each; a closed
         # sandbox that is still referenced must not keep them (a user's own stay open).
-        self._init_snapshot = self._baseline = self._pending = None
+        self._init_snapshot = self._baseline = None
+        if self._path is not None:
+            self._path.pending = None
         self._init_plan = self._last_plan = None
 
     def __enter__(self) -> "MultiUseSandbox":

@@ -55,9 +55,16 @@ def test_parent_objects_raise_used_after_fork_in_the_child():
 
 def test_new_sandboxes_work_in_the_child():
     with make_sandbox() as parent:
+        parent.call("Add", 1, 1, timeout=5)  # the parent's watchdog thread exists
         def child() -> None:
             with make_sandbox() as sb:
                 assert sb.call("Add", 2, 3) == 5
+                try:  # time limits work in the child (its own watchdog thread)
+                    sb.call("Spin", timeout=0.2)
+                except hl.ExecutionTimeout:
+                    pass
+                else:
+                    raise AssertionError("Spin was not stopped")
             assert parent.poisoned is False
 
         assert in_child(child) == 0
