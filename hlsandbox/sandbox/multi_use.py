@@ -5,8 +5,6 @@ import logging
 import math
 import os
 import struct
-import sys
-import threading
 import types
 from typing import Any, Mapping, Optional, Union
 
@@ -33,6 +31,8 @@ from .guest_counter import GuestCounter
 from .call_path import CallPath
 from .call_path import RestorePlan, restore_pages
 from .faults import fault_from_exit, fault_from_frame
+from .hot_mode import DEFAULT_SPIN, HotMode, check_hot_capable
+from .hot_path import HotPath
 from .interrupt import InterruptHandle
 from .output import output_function
 from .watchdog import WATCHDOG
@@ -122,6 +122,7 @@ class MultiUseSandbox:
         self._vm = None
         self._memory = None
         self._path = None
+        self._hot: Optional[HotPath] = None  # while hot: the call path (self._path is it too)
         self._config = config  # None: the snapshot's own sizes, built when first asked for
         self._host_functions = host_functions
         self._write = output_function(writer)
@@ -135,8 +136,6 @@ class MultiUseSandbox:
         self._init_snapshot: Optional[Snapshot] = None
         self._init_plan: Optional[RestorePlan] = None
         self._last_plan: Optional[tuple[Snapshot, RestorePlan]] = None  # see _plan_for()
-        self._pending: Optional[Snapshot] = None  # restored, vCPU not run since (state staged)
-        self._pending_generation = -1
         self.layout = layout
         return self
 
@@ -203,7 +202,7 @@ class MultiUseSandbox:
             else:
                 self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa,
                                          TSS_SIZE - 1, thread_pointer(image, L))
-                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa, rsi=seed,
+                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.initial_rsp, rdi=L.peb_gpa, rsi=seed,
                                   rdx=4096, rcx=level, rflags=2)
             self._input.clear()
             self._output.clear()
@@ -262,7 +261,7 @@ class MultiUseSandbox:
                 raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
                                        f"was it saved on a host with other CPU features?") from e
             self._write_trampoline()
-            self._pending, self._pending_generation = snap, self._vm.generation
+            self._path.pending, self._path.pending_generation = snap, self._vm.generation
             self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
             self._init_plan = self._plan_for(snap)
@@ -315,7 +314,7 @@ class MultiUseSandbox:
                     finally:
                         restoring = False
                         if not self._closed:
-                            self._after_restore(self._init_snapshot)
+                            self._after_restore()
                 return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, w)
             return self._timed_call(fn, args, self._max_time if timeout is None else timeout, w)
         except HostFunctionError as e:
@@ -355,6 +354,42 @@ class MultiUseSandbox:
     def _raise_writer_error(self) -> None:
         e, self._writer_error = self._writer_error, None
         raise WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}") from e
+
+    # -- hot mode ----------------------------------------------------------------------------
+
+    def hot(self, spin: float = DEFAULT_SPIN) -> HotMode:
+        """A context manager that keeps the sandbox hot: calls without a VM exit, at the
+        price of a core spinning while calls come (see HotMode; docs/architecture.md)."""
+        return HotMode(self, spin)
+
+    @property
+    def is_hot(self) -> bool:
+        """True inside `with sb.hot()`."""
+        return self._hot is not None
+
+    def _start_hot(self, spin: float) -> None:
+        if self._closed:
+            self._refuse()
+        if self._hot is not None:
+            raise HyperlightError("the sandbox is already hot")
+        why = check_hot_capable(self.layout.profile)
+        if why is not None:
+            raise why
+        L = self.layout
+        mailbox = self._memory.address + L.host(L.hot_mailbox_gpa)
+        self._hot = HotPath(self._vm, self._input, self._output, self._serve, self._path, self._memory, mailbox,
+                            spin)
+        self._cold_path, self._path = self._path, self._hot
+
+    def _stop_hot(self) -> None:
+        hot = self._hot
+        if hot is None:
+            return
+        try:
+            hot.close()
+        finally:
+            self._hot = None
+            self._path = self._cold_path
 
     def _refuse(self, name: str = "") -> None:
         if self._vm is not None and self._vm.forked:
@@ -562,13 +597,15 @@ class MultiUseSandbox:
     def _snapshot(self) -> Snapshot:
         vm = self._vm
         path = self._path
-        staged = self._pending is not None and vm.generation == self._pending_generation
         path.begin()
         try:
             if path.poisoned:  # by a call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
+            if self._hot is not None:
+                self._hot.park()  # vCPU state can only be read with the guest out of KVM_RUN
             # After a restore the snapshot's state is staged, not yet in the vCPU.
-            state = self._pending.vcpu_state if staged else vm.save_state()
+            staged = path.pending is not None and vm.generation == path.pending_generation + 1
+            state = path.pending.vcpu_state if staged else vm.save_state()
             vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
             snap = Snapshot.capture(self._memory, self.layout, state, self._host_functions.signatures(),
                                     [f.signature for f in self._functions.values()], self._copy_ranges,
@@ -603,7 +640,7 @@ class MultiUseSandbox:
             if snapshot is not None and snap._closed:
                 snap._check_open()
             self._path.restore(plan)
-            self._after_restore(snap)
+            self._after_restore()
             return
         if not isinstance(snap, Snapshot):
             raise TypeError(f"restore() takes a Snapshot, not {type(snap).__name__}")
@@ -620,6 +657,8 @@ class MultiUseSandbox:
         path = self._path
         path.begin()
         try:
+            if self._hot is not None:
+                self._hot.park()
             if snap is self._baseline:  # i686: no trampoline without 64-bit code: KVM_SET_XSAVE
                 restore_pages(vm, self._memory, snap.image, self._restore_ranges)
                 # A CPL0 guest can write MSRs (IA32_SYSENTER_*) and debug registers: all of it.
@@ -639,7 +678,8 @@ class MultiUseSandbox:
                                            f"was it saved on a host with other CPU features?") from e
                 self._baseline = snap
             path.poisoned = False
-            self._after_restore(snap)
+            path.pending, path.pending_generation = snap, vm.generation
+            self._after_restore()
         finally:
             path.end()
 
@@ -655,11 +695,10 @@ class MultiUseSandbox:
         if self._memory.read(at, len(code)) != code:
             self._memory.write(at, code)
 
-    def _after_restore(self, snap: Snapshot) -> None:
-        """Bookkeeping after the memory and registers of `snap` are back."""
+    def _after_restore(self) -> None:
+        """Bookkeeping after a snapshot's memory and registers are back."""
         if self._counter is not None:
             self._counter._write()  # the host's value, whatever the snapshot holds
-        self._pending, self._pending_generation = snap, self._vm.generation
 
     def _plan_for(self, snap: Snapshot) -> Optional[RestorePlan]:
         """The fast-restore plan of an amd64 snapshot (kept for the init snapshot and for
@@ -674,6 +713,7 @@ class MultiUseSandbox:
         L = self.layout
         plan = RestorePlan(self._memory, snap.image, self._restore_ranges, snap.vcpu_state, L.trampoline_gpa,
                            TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
+        plan.snapshot = snap
         self._last_plan = (snap, plan)
         return plan
 
@@ -706,13 +746,18 @@ class MultiUseSandbox:
         killed and waited for (calls waiting for the sandbox raise SandboxClosed). Refused
         from inside one of its own calls (a host function), which leaves it open."""
         if self._vm is not None:
+            self._vm.check_closable()
+        self._stop_hot()
+        if self._vm is not None:
             self._vm.close()
         self._closed = True
         if self._memory is not None:
             self._memory.close()
         # The snapshots this sandbox keeps hold a memfd and a mapping each; a closed
         # sandbox that is still referenced must not keep them (a user's own stay open).
-        self._init_snapshot = self._baseline = self._pending = None
+        self._init_snapshot = self._baseline = None
+        if self._path is not None:
+            self._path.pending = None
         self._init_plan = self._last_plan = None
 
     def __enter__(self) -> "MultiUseSandbox":
