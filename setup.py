@@ -25,6 +25,8 @@ EXTENSIONS = [
     Extension("hlsandbox.hypervisor.kvm", ["hlsandbox/hypervisor/kvm.pyx"], include_dirs=["hlsandbox/hypervisor"]),
     Extension("hlsandbox.sandbox.call_path", ["hlsandbox/sandbox/call_path.pyx"],
               include_dirs=["hlsandbox/hypervisor", ABI_HEADER_DIR]),
+    Extension("hlsandbox.sandbox.hot_path", ["hlsandbox/sandbox/hot_path.pyx"],
+              include_dirs=["hlsandbox/hypervisor", "hlsandbox/sandbox", ABI_HEADER_DIR]),
 ]
 
 

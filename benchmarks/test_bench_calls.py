@@ -54,6 +54,18 @@ def test_call_host_add(benchmark, sandbox, record):
     record("CallHostAdd", _median_us(benchmark))
 
 
+@pytest.mark.benchmark(group="hot call")
+@pytest.mark.parametrize("name, args, expected", [("Echo", ("hi",), "hi"), ("CallHostAdd", (1, 2), 3)])
+def test_hot(benchmark, sandbox, record, name, args, expected):
+    """The same calls in hot mode (sb.hot()): no exit; compare side by side with
+    benchmarks/report.py, which interleaves them with the cold ones."""
+    with sandbox.hot(spin=0.05):
+        result = benchmark.pedantic(sandbox.call, args=(name, *args), rounds=CALL_ROUNDS * 10, warmup_rounds=100,
+                                    iterations=1)
+    assert result == expected
+    record(f"{name} hot", _median_us(benchmark))
+
+
 @pytest.mark.benchmark(group="sum")
 def test_sum(benchmark, sandbox, sum_expected, record):
     """CPU-bound guest code: CPL3 runs natively, so this should match sum_c."""

@@ -18,6 +18,7 @@ from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
+from .sandbox.hot_mode import HotMode
 from .sandbox.interrupt import InterruptHandle
 from .sandbox.multi_use import MultiUseSandbox
 from .sandbox.pool import PoolStats, SandboxPool
@@ -29,7 +30,7 @@ __all__ = [
     "ArgumentTooLarge", "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBinary",
     "GuestBinaryNotFound", "GuestBuildError", "GuestEmulationFailure", "GuestError", "GuestFault",
     "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError", "HostFunctionError",
-    "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
+    "HostFunctionNotFound", "HotMode", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
     "OutOfFileDescriptors", "PoisonedSandbox", "PoolExhausted", "PoolStats", "SandboxBusy", "SandboxClosed",
     "SandboxConfiguration", "SandboxPool",

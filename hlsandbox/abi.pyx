@@ -94,6 +94,7 @@ class PebField(IntEnum):
     SCRATCH_SIZE = HL_PEB_SCRATCH_SIZE
     COUNTER_ADDR = HL_PEB_COUNTER_ADDR
     PROFILE = HL_PEB_PROFILE
+    HOT_MAILBOX = HL_PEB_HOT_MAILBOX
 
 
 class Profile(IntEnum):
@@ -102,7 +103,15 @@ class Profile(IntEnum):
     I686 = HL_PROFILE_I686
 
 
+class HotState(IntEnum):
+    """The low byte of the hot-mode mailbox's state word (docs/abi.md, "Hot mode")."""
+    POSTED = HL_HOT_POSTED
+    RESUMED = HL_HOT_RESUMED
+    PARKED = HL_HOT_PARKED
+
+
 PEB_FIELDS = HL_PEB_FIELDS
+HOT_MAILBOX_SIZE = HL_HOT_MAILBOX_SIZE
 PEB_MAGIC = HL_PEB_MAGIC
 ABI_VERSION = HL_ABI_VERSION
 RECORD_HEADER = HL_RECORD_HEADER

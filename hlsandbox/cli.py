@@ -1,15 +1,18 @@
-"""Command line: `python3 -m hlsandbox demo`, `python3 -m hlsandbox call GUEST FUNCTION ARGS...` and
-`python3 -m hlsandbox build SOURCES... -o OUT.elf` (docs/guests.md)."""
+"""Command line: `python3 -m hlsandbox demo`, `python3 -m hlsandbox call GUEST FUNCTION ARGS...`,
+`python3 -m hlsandbox functions GUEST`, `python3 -m hlsandbox build SOURCES... -o OUT.elf`
+(docs/guests.md); `--version`.
+
+Each subcommand is one `add_*` function in COMMANDS: it adds its parser and sets `func`."""
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from . import guests
-from .errors import HyperlightError
+from . import __version__, guests
+from .errors import ExecutionTimeout, HyperlightError
 from .func.types import ValueType
 from .sandbox.config import SandboxConfiguration
 from .sandbox.uninitialized import UninitializedSandbox
@@ -19,9 +22,13 @@ def _host_add(a: int, b: int) -> int:
     return a + b
 
 
-def _sandbox(guest: str, heap: str = "1Mi"):
+# What `timeout` (coreutils) exits with when its limit passes.
+EXIT_TIMEOUT = 124
+
+
+def _sandbox(guest: str, heap: str = "1Mi", stack: str = "256Ki"):
     path = guest if "/" in guest or guest.endswith(".elf") else guests.path(guest)
-    u = UninitializedSandbox(path, SandboxConfiguration(heap_size=heap))
+    u = UninitializedSandbox(path, SandboxConfiguration(heap_size=heap, stack_size=stack))
     u.register("HostAdd", _host_add, params=(ValueType.I32, ValueType.I32), returns=ValueType.I32)
     return u.evolve()
 
@@ -69,7 +76,7 @@ def _parse_arg(text: str, t: ValueType) -> Any:
 
 
 def call(args: argparse.Namespace) -> int:
-    with _sandbox(args.guest) as sb:
+    with _sandbox(args.guest, args.heap_size, args.stack_size) as sb:
         sig = sb.functions.get(args.function)
         if sig is None:
             print(f"no guest function {args.function!r}; the guest has: {', '.join(sb.functions)}", file=sys.stderr)
@@ -82,7 +89,11 @@ def call(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"bad argument for {sig}: {e}", file=sys.stderr)
             return 2
-        print(repr(sb.call(args.function, *values)))
+        try:
+            print(repr(sb.call(args.function, *values, timeout=args.timeout)))
+        except ExecutionTimeout:
+            print(f"timeout: {args.function} ran longer than {args.timeout:g} s and was stopped", file=sys.stderr)
+            return EXIT_TIMEOUT
     return 0
 
 
@@ -93,17 +104,48 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python3 -m hlsandbox", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def functions(args: argparse.Namespace) -> int:
+    with _sandbox(args.guest) as sb:
+        for sig in sb.functions.values():
+            print(sig)
+    return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        t = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not t > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the time limit must be positive")
+    return t
+
+
+def add_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="run the bundled simpleguest and time a few calls")
     d.add_argument("--repeat", type=int, default=200, help="calls per timing (default 200)")
     d.set_defaults(func=demo)
+
+
+def add_call(sub: Any) -> None:
     c = sub.add_parser("call", help="call one guest function and print the result")
     c.add_argument("guest", help="a bundled guest name (e.g. simpleguest) or an ELF path")
     c.add_argument("function")
     c.add_argument("args", nargs="*")
+    c.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help=f"stop the call after SECONDS (exit status {EXIT_TIMEOUT})")
+    c.add_argument("--heap-size", default="1Mi", metavar="SIZE", help="guest heap, e.g. 8Mi (default 1Mi)")
+    c.add_argument("--stack-size", default="256Ki", metavar="SIZE", help="guest stack (default 256Ki)")
     c.set_defaults(func=call)
+
+
+def add_functions(sub: Any) -> None:
+    f = sub.add_parser("functions", help="list a guest's functions with their signatures")
+    f.add_argument("guest", help="a bundled guest name (e.g. simpleguest) or an ELF path")
+    f.set_defaults(func=functions)
+
+
+def add_build(sub: Any) -> None:
     b = sub.add_parser("build", help="build a guest ELF from C sources with the guest SDK")
     b.add_argument("sources", nargs="+", help="C (.c) and assembly (.S) sources")
     b.add_argument("-o", "--output", required=True, help="the guest ELF to write")
@@ -115,6 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--cflag", dest="cflags", action="append", default=[], metavar="FLAG",
                    help="one more compiler flag, e.g. --cflag=-fstack-protector-strong")
     b.set_defaults(func=build)
+
+
+COMMANDS: list[Callable[[Any], None]] = [add_demo, add_call, add_functions, add_build]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 -m hlsandbox", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"hlsandbox {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
     args = p.parse_args(argv)
     try:
         return args.func(args)

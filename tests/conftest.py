@@ -8,6 +8,7 @@ import pytest
 
 import hlsandbox as hl
 from hlsandbox.hypervisor import kvm
+from helpers import make_sandbox
 
 REQUIRE_KVM = os.environ.get("HLSANDBOX_REQUIRE_KVM") == "1"
 
@@ -42,16 +43,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: long-running")
 
 
-def host_add(a: int, b: int) -> int:
-    return a + b
-
-
-def make_sandbox(config: hl.SandboxConfiguration | None = None, **kw) -> hl.MultiUseSandbox:
-    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"), config, **kw)
-    u.register("HostAdd", host_add, params=(hl.i32, hl.i32), returns=hl.i32)
-    return u.evolve()
-
-
 @pytest.fixture
 def sandbox():
     """A fresh simpleguest sandbox with HostAdd registered."""
@@ -61,8 +52,44 @@ def sandbox():
 
 
 @pytest.fixture(scope="module")
-def shared_sandbox():
+def shared_sandbox(call_mode):
     """One simpleguest sandbox for tests that leave it healthy."""
     sb = make_sandbox()
     yield sb
     sb.close()
+
+
+# -- both call modes -----------------------------------------------------------------------------
+# The modules below run twice: as written (cold) and with every sandbox they create made hot
+# (MultiUseSandbox.hot()), so a hot call is held to every behaviour a cold call has.
+HOT_MODULES = {"test_simpleguest", "test_guest_errors", "test_cancellation", "test_snapshots",
+               "test_guest_logging", "test_raw_host_functions", "test_hostile_guest", "test_guest_counter",
+               "test_core_dump", "test_kill_stress"}
+HOT_TEST_SPIN = 0.002
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "call_mode" in metafunc.fixturenames and metafunc.module.__name__.rsplit(".", 1)[-1] in HOT_MODULES:
+        metafunc.parametrize("call_mode", ["cold", "hot"], indirect=True, scope="module")
+
+
+def _hot_after(create):
+    def hot_create(*args, **kwargs):
+        sb = create(*args, **kwargs)
+        if isinstance(sb, hl.MultiUseSandbox) and sb.layout.profile == "amd64":
+            sb._start_hot(HOT_TEST_SPIN)
+        return sb
+    return hot_create
+
+
+@pytest.fixture(scope="module", autouse=True)
+def call_mode(request: pytest.FixtureRequest):
+    """"cold", or "hot": every sandbox evolve() and from_snapshot() create is hot."""
+    mode = getattr(request, "param", "cold")
+    if mode != "hot":
+        yield mode
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hl.UninitializedSandbox, "evolve", _hot_after(hl.UninitializedSandbox.evolve))
+        mp.setattr(hl.MultiUseSandbox, "from_snapshot", classmethod(_hot_after(hl.MultiUseSandbox.from_snapshot.__func__)))
+        yield mode

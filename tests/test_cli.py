@@ -53,3 +53,40 @@ def test_call_errors():
     assert r.returncode == 1 and "GuestFault" in r.stderr and "#DE" in r.stderr
     r = cli("call", "noguest", "Add")
     assert r.returncode == 1 and "no bundled guest 'noguest'" in r.stderr
+
+
+def test_version():
+    import hlsandbox
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"hlsandbox {hlsandbox.__version__}"
+
+
+def test_call_timeout_is_reported_as_a_timeout():
+    r = cli("call", "simpleguest", "Spin", "--timeout", "0.3")
+    assert r.returncode == 124, r.stderr
+    assert "timeout: Spin ran longer than 0.3 s" in r.stderr
+    r = cli("call", "simpleguest", "Add", "1", "2", "--timeout", "5")
+    assert r.returncode == 0 and r.stdout.strip() == "3"
+    r = cli("call", "simpleguest", "Add", "1", "2", "--timeout", "-1")
+    assert r.returncode == 2 and "must be positive" in r.stderr
+
+
+def test_call_heap_and_stack_size():
+    r = cli("call", "--heap-size", "8Mi", "--stack-size", "512Ki", "simpleguest", "Add", "1", "2")
+    assert r.returncode == 0 and r.stdout.strip() == "3", r.stderr
+    r = cli("call", "--heap-size", "8MB", "simpleguest", "Add", "1", "2")
+    assert r.returncode == 1 and "InvalidConfiguration" in r.stderr and "write Mi" in r.stderr
+
+
+def test_functions_lists_every_signature():
+    r = cli("functions", "simpleguest")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "Add(i32, i32) -> i32" in lines and "Echo(str) -> str" in lines
+    with _sandbox() as sb:
+        assert sorted(lines) == sorted(str(s) for s in sb.functions.values())
+
+
+def _sandbox():
+    from hlsandbox.cli import _sandbox as make
+    return make("simpleguest")

@@ -44,8 +44,14 @@ _ALIASES: dict[Any, ValueType] = {
 }
 
 
+_NUMPY_TYPES = {"int32": ValueType.I32, "uint32": ValueType.U32, "int64": ValueType.I64,
+                "uint64": ValueType.U64, "float32": ValueType.F32, "float64": ValueType.F64,
+                "bool_": ValueType.BOOL, "bool": ValueType.BOOL}
+
+
 def to_value_type(t: Any) -> ValueType:
-    """Accepts a ValueType, a tag, or the Python types bool/str/bytes/int/float/None."""
+    """Accepts a ValueType, a tag, the Python types bool/str/bytes/int/float/None, or a numpy
+    scalar type of the same width (numpy.int32, numpy.float64 ...)."""
     if isinstance(t, ValueType):
         return t
     if isinstance(t, int) and not isinstance(t, bool):
@@ -58,7 +64,10 @@ def to_value_type(t: Any) -> ValueType:
     try:
         return _ALIASES[t]
     except (KeyError, TypeError):
-        raise TypeError(f"not a guest value type: {t!r}") from None
+        pass
+    if isinstance(t, type) and t.__module__ == "numpy" and t.__name__ in _NUMPY_TYPES:
+        return _NUMPY_TYPES[t.__name__]
+    raise TypeError(f"not a guest value type: {t!r}")
 
 
 _BY_NAME = {name: vt for vt, name in _NAMES.items()}

@@ -19,7 +19,7 @@ cdef class Reader:
 cdef class Writer:
     cdef bytearray buf
 
-    cdef void raw(self, const void *p, size_t n)
+    cdef int raw(self, const void *p, size_t n) except -1
     cdef void u8(self, uint8_t v)
     cdef void text(self, bytes b, int len_bytes) except *
     cdef void value(self, int tag, object v, object where) except *
@@ -37,3 +37,4 @@ cdef class RecordStack:
     cdef int push(self, int kind, bytearray payload) except -1
     cdef int push_call_c(self, bytes name, tuple tags, tuple args) except -1
     cdef object pop_result_c(self, int expected_tag)
+    cdef int raise_error_record(self) except -1

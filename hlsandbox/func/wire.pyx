@@ -8,6 +8,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.buffer cimport (PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE,
+                             PyBUF_WRITABLE)
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 
 from libc.float cimport FLT_MAX
 from libc.math cimport fabs, isfinite
@@ -128,8 +131,13 @@ cdef class Writer:
     def __cinit__(self):
         self.buf = bytearray()
 
-    cdef void raw(self, const void *p, size_t n):
-        self.buf += (<const char *>p)[:n]
+    cdef int raw(self, const void *p, size_t n) except -1:
+        # Grown in place (bytearray over-allocates): one copy, no temporary bytes object.
+        cdef Py_ssize_t old = PyByteArray_GET_SIZE(self.buf)
+        PyByteArray_Resize(self.buf, old + <Py_ssize_t>n)
+        if n:
+            memcpy(PyByteArray_AS_STRING(self.buf) + old, p, n)
+        return 0
 
     cdef void u8(self, uint8_t v):
         self.buf.append(v)
@@ -159,6 +167,7 @@ cdef class Writer:
         cdef double f64
         cdef uint32_t n
         cdef bytes b
+        cdef Py_buffer view
         self.u8(tag)
         if tag == T_VOID:
             if v is not None:
@@ -206,12 +215,24 @@ cdef class Writer:
                     f"{where}: string is not encodable as UTF-8 ({e.reason})") from None
             self.text(b, 4)
         elif tag == T_BYTES:
-            if not isinstance(v, (bytes, bytearray, memoryview)):
+            # Any object with the buffer protocol (bytes, bytearray, memoryview, numpy
+            # arrays, array.array...): its bytes are copied straight from its memory; only
+            # a non-contiguous buffer is first made contiguous.
+            if isinstance(v, str) or not PyObject_CheckBuffer(v):
                 _mismatch(where, tag, v)
-            b = bytes(v)
-            n = <uint32_t>PyBytes_GET_SIZE(b)
-            self.raw(&n, 4)
-            self.buf += b
+            try:
+                PyObject_GetBuffer(v, &view, PyBUF_SIMPLE)
+            except (BufferError, ValueError):  # not contiguous (numpy raises ValueError)
+                v = memoryview(v).tobytes()
+                PyObject_GetBuffer(v, &view, PyBUF_SIMPLE)
+            try:
+                if <size_t>view.len > 0xffffffffU:
+                    raise ArgumentTooLarge(f"{where}: {view.len} bytes is more than a bytes value can hold")
+                n = <uint32_t>view.len
+                self.raw(&n, 4)
+                self.raw(view.buf, n)
+            finally:
+                PyBuffer_Release(&view)
         else:
             raise ValueError(f"unknown type tag {tag}")
 
@@ -357,15 +378,46 @@ cdef class RecordStack:
         """Pops the RETURN or ERROR record that ends a call; raises the matching error."""
         return self.pop_result_c(expected_tag)
 
-    cdef object pop_result_c(self, int expected_tag):
+    cdef int raise_error_record(self) except -1:
+        """Raises the error an ERROR record on top reports (if there is one)."""
         cdef uint64_t top = self.checked_top()
         cdef uint64_t p
-        cdef int tag = 0
         if top >= HEADER + 16:
             p = (<uint64_t *>(self.base + top - 8))[0]
             if HEADER <= p <= top - 16 and self.base[p + 4] == KIND_ERROR:
                 code, message = self.pop_error()
                 raise ERROR_TYPES[code](message) if code in ERROR_TYPES else GuestError(message, code)
+        return 0
+
+    def pop_result_into(self, object out):
+        """pop_result() of a bytes result, copied into the writable buffer `out` (any
+        C-contiguous writable buffer: bytearray, numpy array, memoryview...) instead of a
+        new bytes object; returns the number of bytes written. ValueError if it does not fit."""
+        cdef Py_buffer view
+        cdef Reader r
+        cdef uint32_t n
+        cdef const uint8_t *src
+        PyObject_GetBuffer(out, &view, PyBUF_SIMPLE | PyBUF_WRITABLE)
+        try:
+            self.raise_error_record()
+            r = self.pop(KIND_RETURN, "result record")
+            tag = r.u8()
+            if tag != T_BYTES:
+                raise GuestProtocolError(f"guest returned {type_name(tag)}, expected bytes")
+            n = r.u32()
+            src = r.take(n)
+            r.done()
+            if n > <size_t>view.len:
+                raise ValueError(f"the guest's result is {n} bytes, `out` holds {view.len}")
+            if n:
+                memcpy(view.buf, src, n)
+            return n
+        finally:
+            PyBuffer_Release(&view)
+
+    cdef object pop_result_c(self, int expected_tag):
+        cdef int tag = 0
+        self.raise_error_record()
         cdef Reader r = self.pop(KIND_RETURN, "result record")
         value = r.value(&tag)
         r.done()

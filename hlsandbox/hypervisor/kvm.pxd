@@ -92,7 +92,8 @@ cdef class VirtualMachine:
     cdef int vm_fd, vcpu_fd
     cdef kvm_run *run_ptr
     cdef object memory  # keeps the guest memory mapped while KVM uses it
-    cdef pthread_t thread
+    cdef pthread_t thread  # the thread that claimed the vCPU (begin_c)
+    cdef public pthread_t signal_thread  # the thread running KVM_RUN, which kill() signals
     cdef bint cancel_requested
     cdef readonly bint active  # a call is running; changed only with the GIL held
     cdef readonly uint64_t generation  # counts calls, so a late kill cannot hit a later call

@@ -19,19 +19,20 @@ from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
                                PyThread_release_lock, PyLockStatus, PY_LOCK_ACQUIRED, PY_LOCK_INTR,
                                NOWAIT_LOCK)
-
-cdef extern from "pythread.h":
-    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
-                                             int intr_flag) nogil
 from libc.math cimport isfinite
 import time
 
 from ..errors import (HyperlightError, KvmUnavailable, OutOfFileDescriptors, SandboxBusy, SandboxClosed,
                       UsedAfterFork)
+from .vcpu_state import AMD64_CR0, AMD64_CR4, AMD64_EFER, I686_CR0
 
 cdef extern from "errno.h":
     int errno
     int EINTR, EAGAIN, EMFILE, ENFILE
+
+cdef extern from "pythread.h":
+    PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
+                                             int intr_flag) nogil
 
 WAIT_DEFAULT = -2.0  # begin_c(): wait as long as the VM's max_wait says
 cdef double _WAIT_DEFAULT = -2.0
@@ -350,11 +351,15 @@ cdef class VirtualMachine:
         self.n_dirty = self.cap_dirty = 0
         self.memory = None
 
+    def check_closable(self) -> None:
+        """Raises if the calling thread is inside a call of this VM (a host function)."""
+        if self.active and pthread_equal(self.thread, pthread_self()):
+            raise HyperlightError("cannot close a sandbox from inside its own call")
+
     def close(self) -> None:
         """Destroys the VM; a call running in another thread is killed and waited for first,
         calls waiting for the vCPU raise SandboxClosed."""
-        if self.active and pthread_equal(self.thread, pthread_self()):
-            raise HyperlightError("cannot close a sandbox from inside its own call")
+        self.check_closable()
         self.closing = True
         if self.active:
             self.kill()
@@ -380,9 +385,7 @@ cdef class VirtualMachine:
                         uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint64_t fs_base=0) -> None:
         """64-bit mode with paging, CS/SS at CPL3, the TSS for faults and I/O permissions;
         `fs_base`: the guest's thread pointer (docs/abi.md), 0 for none."""
-        self._set_mode(0x80010033,  # PG, WP, NE, ET, MP, PE
-                       0x20 | 0x200 | 0x400,  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
-                       0xD00,  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
+        self._set_mode(AMD64_CR0, AMD64_CR4, AMD64_EFER,  # vcpu_state.py says what each bit is for
                        cr3, 0x23, 0x1b, 3, True, gdt, gdt_limit, idt, idt_limit, tss, tss_limit, 0x28)
         cdef kvm_sregs s
         if fs_base:
@@ -395,7 +398,7 @@ cdef class VirtualMachine:
     def setup_protected_mode(self, uint64_t gdt, uint16_t gdt_limit, uint64_t idt, uint16_t idt_limit,
                              uint64_t tss) -> None:
         """32-bit protected mode without paging at CPL0, flat segments (the i686 profile)."""
-        self._set_mode(0x11, 0, 0, 0,  # CR0: PE, ET; no paging
+        self._set_mode(I686_CR0, 0, 0, 0,  # CR0: PE, ET; no paging
                        0x08, 0x10, 0, False, gdt, gdt_limit, idt, idt_limit, tss, 0x67, 0x18)
 
     cdef _set_mode(self, uint64_t cr0, uint64_t cr4, uint64_t efer, uint64_t cr3, uint16_t cs, uint16_t ds,
@@ -475,7 +478,7 @@ cdef class VirtualMachine:
             raise SandboxClosed("the sandbox was closed while this call waited for it")
         self.active = True
         self.generation += 1
-        self.thread = pthread_self()
+        self.thread = self.signal_thread = pthread_self()
         self.cancel_requested = False
         self.run_ptr.immediate_exit = 0
         return self.generation
@@ -493,13 +496,13 @@ cdef class VirtualMachine:
         while True:
             if deadline is None:
                 us = -1
-            else:
-                us = <long long>max(0.0, (deadline - time.monotonic()) * 1e6)
+            else:  # at most an hour per wait: any wait fits the lock's limit (the loop goes on)
+                us = <long long>min(3.6e9, max(0.0, (deadline - time.monotonic()) * 1e6))
             with nogil:
                 got = PyThread_acquire_lock_timed(self.call_lock, us, 1)
             if got == PY_LOCK_ACQUIRED:
                 return
-            if got == PY_LOCK_INTR:
+            if got == PY_LOCK_INTR or (deadline is not None and time.monotonic() < deadline):
                 PyErr_CheckSignals()  # e.g. KeyboardInterrupt
                 continue
             raise SandboxBusy(f"the sandbox is already running a call from another thread; "
@@ -535,7 +538,7 @@ cdef class VirtualMachine:
             return True
         self.cancel_requested = True
         self.run_ptr.immediate_exit = 1  # a kill just before KVM_RUN is not lost
-        pthread_kill(self.thread, CANCEL_SIGNAL)
+        pthread_kill(self.signal_thread, CANCEL_SIGNAL)
         return True
 
     cpdef int run(self) except? -100:

@@ -32,11 +32,15 @@ DEBUG_AT = MSRS_AT + 8 + len(MSR_INDICES) * MSR.size
 DEBUG = struct.Struct("<6QQ9Q")  # db[4] dr6 dr7 flags reserved[9]
 STATE_SIZE = DEBUG_AT + DEBUG.size
 
-# What a new vCPU holds, and what the profiles set (kvm.pyx: setup_long_mode, setup_protected_mode).
+# What a new vCPU holds, and what the profiles set (kvm.pyx's setup_long_mode and
+# setup_protected_mode use these).
 APIC_BASE = 0xFEE00900  # the default xAPIC base, enabled, bootstrap processor
 PAT_RESET = 0x0007040600070406
 DR6_RESET, DR7_RESET = 0xFFFF0FF0, 0x400
-AMD64_CR0, AMD64_CR4, AMD64_EFER = 0x80010033, 0x620, 0xD00
+AMD64_CR0 = 0x80010033  # PG, WP, NE, ET, MP, PE
+AMD64_CR4 = 0x20 | 0x200 | 0x400  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
+AMD64_EFER = 0xD00  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
+I686_CR0 = 0x11  # PE, ET: protected mode without paging
 I686_CR0_BITS = 0x6005003F  # PE MP EM TS ET NE, WP, AM, NW CD (no PG)
 I686_CR4_BITS = 0x0000075F  # VME PVI TSD DE PSE MCE PGE PCE OSFXSR OSXMMEXCPT
 I686_EFER_BITS = 0x801  # SCE, NXE

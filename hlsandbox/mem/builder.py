@@ -20,7 +20,7 @@ def write_peb(mem: memoryview, layout: SandboxMemoryLayout) -> None:
     struct.pack_into(f"<{PEB_FIELDS}Q", mem, L.peb_gpa, PEB_MAGIC, ABI_VERSION, L.input_gpa, L.input_size,
                      L.output_gpa, L.output_size, L.heap_gpa, L.heap_size, L.stack_top, L.stack_size,
                      L.code_gpa, L.image_size, L.total_size, L.scratch_gpa, L.scratch_size, L.counter_gpa,
-                     PROFILE_IDS[L.profile])
+                     PROFILE_IDS[L.profile], L.hot_mailbox_gpa)
 
 
 def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str) -> int:

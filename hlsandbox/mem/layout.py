@@ -5,6 +5,7 @@ import types
 from dataclasses import dataclass
 from typing import Optional
 
+from ..abi import HOT_MAILBOX_SIZE  # amd64: the hot-mode mailbox, the top bytes of the stack region
 from ..errors import InvalidConfiguration
 from .elf import PF_W, PF_X, ElfImage
 
@@ -264,6 +265,17 @@ class SandboxMemoryLayout:
         if self.code_gpa > before:  # alignment padding (amd64) or free low memory (i686) before the image
             out.insert(0, Region("padding", before, self.code_gpa - before, NOT_PRESENT))
         return out
+
+    @property
+    def hot_mailbox_gpa(self) -> int:
+        """amd64: the hot-mode mailbox, above the guest's initial stack pointer in the
+        stack top that restores copy whole; i686: 0 (no hot mode)."""
+        return self.stack_top - HOT_MAILBOX_SIZE if self.profile == "amd64" else 0
+
+    @property
+    def initial_rsp(self) -> int:
+        """The stack pointer the guest's entry point gets: below the mailbox."""
+        return self.stack_top - HOT_MAILBOX_SIZE if self.profile == "amd64" else self.stack_top
 
     @property
     def stack_copy_size(self) -> int:

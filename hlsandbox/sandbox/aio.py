@@ -3,14 +3,15 @@ cancelling the awaiting task stops the guest call.
 
 A kill only reaches a call that is running (InterruptHandle.kill() returns False
 otherwise), and the worker may still be on its way into the call when the task is
-cancelled; so the cancelling side retries the kill on the event loop, with a short
-backoff, until the worker has left the call."""
+cancelled; so the cancelling side retries the kill (on the watchdog's thread), with a
+short backoff, until the worker has left the call."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
+
+from .watchdog import WATCHDOG
 
 RETRY_FIRST = 0.0002  # seconds before the first retried kill
 RETRY_MAX = 0.01
@@ -66,23 +67,26 @@ def kill_call(sandbox: Any) -> None:
         pass
 
 
-async def await_cancellable(future: "concurrent.futures.Future[Any]", guard: CallGuard) -> Any:
-    """Awaits a worker's `future`; if the awaiting task is cancelled, a call that has not
-    started is dropped and one that runs is killed (retried until the worker leaves it)."""
+async def await_cancellable(awaitable: Awaitable[Any], guard: CallGuard) -> Any:
+    """Awaits a worker's result (`awaitable`, e.g. from run_in_executor()); if the
+    awaiting task is cancelled, a call that has not started is dropped (the worker raises
+    CancelledCall on entering it) and one that runs is killed, the kill retried until the
+    worker has left the call."""
     try:
-        return await asyncio.wrap_future(future)
+        return await awaitable
     except asyncio.CancelledError:
-        if not future.cancel() and guard.cancel():
-            _retry_kill(asyncio.get_running_loop(), future, guard, RETRY_FIRST)
+        if guard.cancel():
+            _retry_kill(guard, RETRY_FIRST)
         raise
 
 
-def _retry_kill(loop: asyncio.AbstractEventLoop, future: "concurrent.futures.Future[Any]", guard: CallGuard,
-                delay: float) -> None:
+def _retry_kill(guard: CallGuard, delay: float) -> None:
+    # On the watchdog's thread, not the event loop: the loop may stop (asyncio.run()
+    # ends) while the worker is still on its way into the call.
     def again() -> None:
-        if not future.done() and guard.cancel():
-            _retry_kill(loop, future, guard, min(delay * 2, RETRY_MAX))
-    loop.call_later(delay, again)
+        if guard.cancel():
+            _retry_kill(guard, min(delay * 2, RETRY_MAX))
+    WATCHDOG.arm(delay, again)
 
 
 def run_guarded(guard: CallGuard, sandbox: Any, fn: Callable[[], Any]) -> Any:

@@ -23,6 +23,11 @@ cdef class CallPath:
     cdef RecordStack input, output
     cdef object serve  # serve(rc, generation): handles one non-HALT exit or raises
     cdef public bint poisoned  # set when a call ends other than by HALT
+    # The snapshot restored last and the generation of the claim that restored it, both set
+    # while the vCPU is claimed: if the VM's generation has not moved on, no call has run
+    # since and the snapshot's registers are staged, not yet in the vCPU.
+    cdef public object pending
+    cdef public uint64_t pending_generation
 
     def __init__(self, VirtualMachine vm, RecordStack input, RecordStack output, serve):
         self.vm = vm
@@ -63,6 +68,7 @@ cdef class CallPath:
             try:
                 plan.apply(self.vm)
                 self.poisoned = False
+                self.pending, self.pending_generation = plan.snapshot, self.vm.generation
             finally:
                 self.vm.end_c()
 
@@ -73,6 +79,7 @@ cdef class CallPath:
         try:
             plan.apply(self.vm)
             self.poisoned = False
+            self.pending, self.pending_generation = plan.snapshot, self.vm.generation
         finally:
             self.vm.end_c()
 
@@ -147,6 +154,7 @@ cdef class RestorePlan:
     cdef const uint64_t[::1] ranges
     cdef bytes state
     cdef uint64_t trampoline, target_offset, fxsave_offset
+    cdef public object snapshot  # what the plan restores (CallPath.pending after it)
 
     def __init__(self, SharedMemory dst, SharedMemory src, const uint64_t[::1] ranges, bytes state,
                  uint64_t trampoline, uint64_t target_offset, uint64_t fxsave_offset):

@@ -5,8 +5,6 @@ import logging
 import math
 import os
 import struct
-import sys
-import threading
 import types
 from typing import Any, Mapping, Optional, Union
 
@@ -33,6 +31,8 @@ from .guest_counter import GuestCounter
 from .call_path import CallPath
 from .call_path import RestorePlan, restore_pages
 from .faults import fault_from_exit, fault_from_frame
+from .hot_mode import DEFAULT_SPIN, HotMode, check_hot_capable
+from .hot_path import HotPath
 from .interrupt import InterruptHandle
 from .output import output_function
 from .watchdog import WATCHDOG
@@ -74,13 +74,35 @@ def _fallback_call(name: str, args: tuple) -> _GuestFunction:
             tags.append(ValueType.F64)
         elif isinstance(a, str):
             tags.append(ValueType.STR)
-        elif isinstance(a, (bytes, bytearray, memoryview)):
+        elif isinstance(a, (bytes, bytearray, memoryview)) or _is_buffer(a):
             tags.append(ValueType.BYTES)
         else:
             raise TypeError(f"{name}: cannot pass {type(a).__name__} to a guest's fallback dispatcher")
     fn = _GuestFunction(name, tuple(int(t) for t in tags), int(ValueType.VOID))
     fn.return_tag = -1  # whatever the fallback returns
     return fn
+
+
+def _is_buffer(v: Any) -> bool:
+    try:
+        memoryview(v).release()
+    except TypeError:
+        return False
+    return True
+
+
+def _check_out(fn: _GuestFunction, out: Any) -> None:
+    """call(out=...) needs a bytes result and a writable contiguous buffer: checked
+    before the guest runs."""
+    if fn.return_tag not in (int(ValueType.BYTES), -1):
+        raise TypeError(f"out= takes a bytes result; {fn.signature.name} returns {ValueType(fn.return_tag)}")
+    try:
+        view = memoryview(out)
+    except TypeError:
+        raise TypeError(f"out must be a writable buffer, not {type(out).__name__}") from None
+    with view:
+        if view.readonly or not view.c_contiguous:
+            raise TypeError("out must be a writable C-contiguous buffer")
 
 
 class MultiUseSandbox:
@@ -100,6 +122,7 @@ class MultiUseSandbox:
         self._vm = None
         self._memory = None
         self._path = None
+        self._hot: Optional[HotPath] = None  # while hot: the call path (self._path is it too)
         self._config = config  # None: the snapshot's own sizes, built when first asked for
         self._host_functions = host_functions
         self._write = output_function(writer)
@@ -113,8 +136,6 @@ class MultiUseSandbox:
         self._init_snapshot: Optional[Snapshot] = None
         self._init_plan: Optional[RestorePlan] = None
         self._last_plan: Optional[tuple[Snapshot, RestorePlan]] = None  # see _plan_for()
-        self._pending: Optional[Snapshot] = None  # restored, vCPU not run since (state staged)
-        self._pending_generation = -1
         self.layout = layout
         return self
 
@@ -181,7 +202,7 @@ class MultiUseSandbox:
             else:
                 self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa,
                                          TSS_SIZE - 1, thread_pointer(image, L))
-                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa, rsi=seed,
+                self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.initial_rsp, rdi=L.peb_gpa, rsi=seed,
                                   rdx=4096, rcx=level, rflags=2)
             self._input.clear()
             self._output.clear()
@@ -240,7 +261,7 @@ class MultiUseSandbox:
                 raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
                                        f"was it saved on a host with other CPU features?") from e
             self._write_trampoline()
-            self._pending, self._pending_generation = snap, self._vm.generation
+            self._path.pending, self._path.pending_generation = snap, self._vm.generation
             self._set_functions_from(derived)
             self._baseline = self._init_snapshot = snap  # memory is the snapshot's, nothing written yet
             self._init_plan = self._plan_for(snap)
@@ -253,7 +274,7 @@ class MultiUseSandbox:
     # -- calls --------------------------------------------------------------------------------
 
     def call(self, name: str, *args: Any, timeout: Optional[float] = None, restore: Optional[bool] = None,
-             wait: Union[float, bool, None] = None) -> Any:
+             wait: Union[float, bool, None] = None, out: Any = None) -> Any:
         """Calls guest function `name` with `args` and returns its result.
 
         Checks name, arity and types first (GuestFunctionNotFound,
@@ -266,7 +287,13 @@ class MultiUseSandbox:
 
         Calls from several threads run one at a time: a call waits while another runs, up
         to `wait` seconds (default the configuration's max_wait_time; True: no limit;
-        False or 0: do not wait), then raises SandboxBusy."""
+        False or 0: do not wait), then raises SandboxBusy.
+
+        `bytes` arguments take any buffer (bytes, bytearray, memoryview, a numpy array),
+        copied from its memory once. With `out` (a writable C-contiguous buffer, e.g. a
+        numpy array or a bytearray) a bytes result is written into it instead of a new
+        bytes object, and the call returns the number of bytes written (ValueError if
+        the result does not fit)."""
         fn = self._functions.get(name)
         if fn is None and FALLBACK in self._functions and name != FALLBACK:
             fn = _fallback_call(name, args)
@@ -274,7 +301,11 @@ class MultiUseSandbox:
             self._refuse(name)
         w = -2.0 if wait is None else _wait_seconds(wait)
         restoring = restore or (restore is None and self._restore_after_call)
+        if out is not None:
+            _check_out(fn, out)
         try:
+            if out is not None:
+                return self._call_into(fn, args, self._max_time if timeout is None else timeout, w, out)
             if timeout is None and self._max_time is None:
                 if restoring and self._init_snapshot is self._baseline and self._init_plan is not None:
                     try:  # call and restore in one Cython method: the per-request clean guest
@@ -283,7 +314,7 @@ class MultiUseSandbox:
                     finally:
                         restoring = False
                         if not self._closed:
-                            self._after_restore(self._init_snapshot)
+                            self._after_restore()
                 return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, w)
             return self._timed_call(fn, args, self._max_time if timeout is None else timeout, w)
         except HostFunctionError as e:
@@ -299,9 +330,66 @@ class MultiUseSandbox:
             if self._writer_error is not None:
                 self._raise_writer_error()
 
+    async def acall(self, name: str, *args: Any, timeout: Optional[float] = None,
+                    restore: Optional[bool] = None) -> Any:
+        """call() without blocking the event loop: it runs on the loop's default executor.
+
+        Cancelling the awaiting task drops a call that has not started and kills one that
+        runs; a sandbox that the kill poisoned is restored (to its state after
+        initialisation) before the worker lets it go. A kill retried while this call waits
+        for another thread's call on the same sandbox may stop that one."""
+        import asyncio
+        from .aio import CallGuard, await_cancellable, run_guarded
+        guard = CallGuard()
+
+        def work() -> Any:
+            try:
+                return run_guarded(guard, self, lambda: self.call(name, *args, timeout=timeout, restore=restore))
+            finally:
+                if guard.cancelled and not self._closed and self._path.poisoned:
+                    self.restore()
+
+        return await await_cancellable(asyncio.get_running_loop().run_in_executor(None, work), guard)
+
     def _raise_writer_error(self) -> None:
         e, self._writer_error = self._writer_error, None
         raise WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}") from e
+
+    # -- hot mode ----------------------------------------------------------------------------
+
+    def hot(self, spin: float = DEFAULT_SPIN) -> HotMode:
+        """A context manager that keeps the sandbox hot: calls without a VM exit, at the
+        price of a core spinning while calls come (see HotMode; docs/architecture.md)."""
+        return HotMode(self, spin)
+
+    @property
+    def is_hot(self) -> bool:
+        """True inside `with sb.hot()`."""
+        return self._hot is not None
+
+    def _start_hot(self, spin: float) -> None:
+        if self._closed:
+            self._refuse()
+        if self._hot is not None:
+            raise HyperlightError("the sandbox is already hot")
+        why = check_hot_capable(self.layout.profile)
+        if why is not None:
+            raise why
+        L = self.layout
+        mailbox = self._memory.address + L.host(L.hot_mailbox_gpa)
+        self._hot = HotPath(self._vm, self._input, self._output, self._serve, self._path, self._memory, mailbox,
+                            spin)
+        self._cold_path, self._path = self._path, self._hot
+
+    def _stop_hot(self) -> None:
+        hot = self._hot
+        if hot is None:
+            return
+        try:
+            hot.close()
+        finally:
+            self._hot = None
+            self._path = self._cold_path
 
     def _refuse(self, name: str = "") -> None:
         if self._vm is not None and self._vm.forked:
@@ -336,6 +424,30 @@ class MultiUseSandbox:
             # Decode before path.end(): once the vCPU is released, close() in another
             # thread may unmap guest memory.
             return self._output.pop_result(fn.return_tag)
+        finally:
+            path.end()
+
+    def _call_into(self, fn: _GuestFunction, args: tuple, timeout: Optional[float], wait: float, out: Any) -> int:
+        """A call whose bytes result is decoded into `out` (call(out=...))."""
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0 or (timeout > WATCHDOG.MAX_SECONDS and timeout != math.inf)):
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        path = self._path
+        generation = path.begin(wait)
+        token = None
+        try:
+            if path.poisoned:  # by the call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
+            if timeout is not None and timeout != math.inf:
+                token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
+            try:
+                self._input.push_call(fn.name_bytes, fn.param_tags, args)
+                self._output.clear()
+                path.run_until_halt(generation)
+            finally:
+                if token is not None:
+                    WATCHDOG.disarm(token)
+            return self._output.pop_result_into(out)  # before end(), as in _timed_call()
         finally:
             path.end()
 
@@ -425,9 +537,15 @@ class MultiUseSandbox:
         view = memoryview(self._memory.read(start, length))
         try:
             result = fn(view)
-            data = bytes(result) if isinstance(result, (bytes, bytearray, memoryview)) else None
+            # Any buffer (bytes, bytearray, a numpy array...): copied once, into the input buffer.
+            try:
+                data = memoryview(result) if not isinstance(result, str) else None
+            except TypeError:
+                data = None
             if data is None:
                 raise TypeError(f"raw host function {fn_id} returned {type(result).__name__}, not bytes")
+            if not data.c_contiguous:
+                data = data.tobytes()
         except Exception as e:  # reaches the guest as status 2; BaseException propagates
             self._last_host_exception = e
             self._push_raw(2, (str(e) or type(e).__name__).encode("utf-8", "replace"))
@@ -479,13 +597,15 @@ class MultiUseSandbox:
     def _snapshot(self) -> Snapshot:
         vm = self._vm
         path = self._path
-        staged = self._pending is not None and vm.generation == self._pending_generation
         path.begin()
         try:
             if path.poisoned:  # by a call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
+            if self._hot is not None:
+                self._hot.park()  # vCPU state can only be read with the guest out of KVM_RUN
             # After a restore the snapshot's state is staged, not yet in the vCPU.
-            state = self._pending.vcpu_state if staged else vm.save_state()
+            staged = path.pending is not None and vm.generation == path.pending_generation + 1
+            state = path.pending.vcpu_state if staged else vm.save_state()
             vm.discard_dirty_pages()  # from here, dirty pages are relative to this snapshot
             snap = Snapshot.capture(self._memory, self.layout, state, self._host_functions.signatures(),
                                     [f.signature for f in self._functions.values()], self._copy_ranges,
@@ -520,7 +640,7 @@ class MultiUseSandbox:
             if snapshot is not None and snap._closed:
                 snap._check_open()
             self._path.restore(plan)
-            self._after_restore(snap)
+            self._after_restore()
             return
         if not isinstance(snap, Snapshot):
             raise TypeError(f"restore() takes a Snapshot, not {type(snap).__name__}")
@@ -537,6 +657,8 @@ class MultiUseSandbox:
         path = self._path
         path.begin()
         try:
+            if self._hot is not None:
+                self._hot.park()
             if snap is self._baseline:  # i686: no trampoline without 64-bit code: KVM_SET_XSAVE
                 restore_pages(vm, self._memory, snap.image, self._restore_ranges)
                 # A CPL0 guest can write MSRs (IA32_SYSENTER_*) and debug registers: all of it.
@@ -556,7 +678,8 @@ class MultiUseSandbox:
                                            f"was it saved on a host with other CPU features?") from e
                 self._baseline = snap
             path.poisoned = False
-            self._after_restore(snap)
+            path.pending, path.pending_generation = snap, vm.generation
+            self._after_restore()
         finally:
             path.end()
 
@@ -572,11 +695,10 @@ class MultiUseSandbox:
         if self._memory.read(at, len(code)) != code:
             self._memory.write(at, code)
 
-    def _after_restore(self, snap: Snapshot) -> None:
-        """Bookkeeping after the memory and registers of `snap` are back."""
+    def _after_restore(self) -> None:
+        """Bookkeeping after a snapshot's memory and registers are back."""
         if self._counter is not None:
             self._counter._write()  # the host's value, whatever the snapshot holds
-        self._pending, self._pending_generation = snap, self._vm.generation
 
     def _plan_for(self, snap: Snapshot) -> Optional[RestorePlan]:
         """The fast-restore plan of an amd64 snapshot (kept for the init snapshot and for
@@ -591,6 +713,7 @@ class MultiUseSandbox:
         L = self.layout
         plan = RestorePlan(self._memory, snap.image, self._restore_ranges, snap.vcpu_state, L.trampoline_gpa,
                            TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
+        plan.snapshot = snap
         self._last_plan = (snap, plan)
         return plan
 
@@ -623,13 +746,18 @@ class MultiUseSandbox:
         killed and waited for (calls waiting for the sandbox raise SandboxClosed). Refused
         from inside one of its own calls (a host function), which leaves it open."""
         if self._vm is not None:
+            self._vm.check_closable()
+        self._stop_hot()
+        if self._vm is not None:
             self._vm.close()
         self._closed = True
         if self._memory is not None:
             self._memory.close()
         # The snapshots this sandbox keeps hold a memfd and a mapping each; a closed
         # sandbox that is still referenced must not keep them (a user's own stay open).
-        self._init_snapshot = self._baseline = self._pending = None
+        self._init_snapshot = self._baseline = None
+        if self._path is not None:
+            self._path.pending = None
         self._init_plan = self._last_plan = None
 
     def __enter__(self) -> "MultiUseSandbox":

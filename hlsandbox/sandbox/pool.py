@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protoco
 from ..errors import PoolExhausted, SandboxClosed
 from ..mem.elf import GuestBinary
 from ..mem.snapshot import Snapshot, is_snapshot_file
-from .aio import CallGuard, await_cancellable, run_guarded
+from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded
 from .config import SandboxConfiguration
 from .multi_use import MultiUseSandbox
 from .uninitialized import UninitializedSandbox
@@ -142,6 +142,7 @@ class SandboxPool:
         self._free: list[Any] = []
         self._lent: set[int] = set()
         self._all: dict[int, Any] = {}  # id -> sandbox, free or lent
+        self._waiting = 0  # threads in _acquire() waiting for a sandbox
         self._missing = 0  # sandboxes to create when next needed (a replacement failed)
         self._closed = False
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -219,11 +220,12 @@ class SandboxPool:
         kills one that runs; the sandbox is restored before it is lent again."""
         guard = CallGuard()
         future = self._workers().submit(self._guarded_call, guard, name, args, timeout)
-        return await await_cancellable(future, guard)
+        # wrap_future: a cancelled task also cancels the work if it has not started.
+        return await await_cancellable(asyncio.wrap_future(future), guard)
 
     def _guarded_call(self, guard: CallGuard, name: str, args: tuple, timeout: Optional[float]) -> Any:
         if guard.cancelled:
-            raise asyncio.CancelledError()
+            raise CancelledCall()
         sb = self._acquire(None)
         restored = False
         try:
@@ -233,11 +235,13 @@ class SandboxPool:
             else:
                 result = run_guarded(guard, sb, lambda: sb.call(name, *args, timeout=timeout))
             return result
+        except CancelledCall:
+            raise
         except BaseException as e:
             self._count_error(e)
             raise
         finally:
-            self._release(sb, restored, called=True)
+            self._release(sb, restored, called=not guard.cancelled)
 
     def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
         executor = self._executor
@@ -256,9 +260,15 @@ class SandboxPool:
             wait = self._max_wait
         elif isinstance(wait, bool) or not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
             raise ValueError(f"timeout must be seconds >= 0 or None, got {wait!r}")
-        start = time.monotonic()
         create = False
         with self._cond:
+            if self._free and not self._closed:  # the common case, kept short
+                sb = self._free.pop()  # the most recently used: its pages are warm
+                self._lends += 1
+                self._lent.add(id(sb))
+                self._waits.append(0.0)
+                return sb
+            start = time.monotonic()
             while True:
                 if self._closed:
                     raise SandboxClosed("the pool is closed")
@@ -273,7 +283,11 @@ class SandboxPool:
                 if remaining <= 0:
                     self._exhausted += 1
                     raise PoolExhausted(f"no free sandbox within {wait:g} s (pool of {self._size}, all lent)")
-                self._cond.wait(None if math.isinf(remaining) else remaining)
+                self._waiting += 1
+                try:
+                    self._cond.wait(None if math.isinf(remaining) else remaining)
+                finally:
+                    self._waiting -= 1
             self._lends += 1
             if not create:
                 self._lent.add(id(sb))
@@ -322,6 +336,13 @@ class SandboxPool:
         with self._cond:
             if called:
                 self._calls += 1
+            if not replaced and not self._closed:  # the common case, kept short
+                self._restores += 1
+                self._lent.discard(id(sb))
+                self._free.append(sb)
+                if self._waiting:
+                    self._cond.notify()
+                return
             self._forget(sb)
             if replaced:
                 self._replacements += 1
@@ -332,14 +353,11 @@ class SandboxPool:
                 else:
                     self._all[id(fresh)] = fresh
                     self._free.append(fresh)
-            else:
+            else:  # the pool was closed meanwhile
                 self._restores += 1
-                if self._closed:
-                    _close_quietly(sb)
-                else:
-                    self._all[id(sb)] = sb
-                    self._free.append(sb)
-            self._cond.notify()
+                _close_quietly(sb)
+            if self._waiting:
+                self._cond.notify()
 
     def _forget(self, sb: Any) -> None:
         self._lent.discard(id(sb))

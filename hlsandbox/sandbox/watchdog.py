@@ -4,6 +4,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from typing import Callable, Optional
@@ -23,6 +24,11 @@ class Watchdog:
     MAX_SECONDS = threading.TIMEOUT_MAX
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty, no thread. Also in a forked child: the parent's thread does not exist there,
+        its lock may have been held at fork(), and its deadlines are the parent's calls."""
         self._cond = threading.Condition()
         # Entries are [deadline, token, action]; tokens are unique, so actions are never
         # compared. A disarmed entry's action is None.
@@ -90,3 +96,4 @@ class Watchdog:
 
 
 WATCHDOG = Watchdog()
+os.register_at_fork(after_in_child=WATCHDOG._reset)

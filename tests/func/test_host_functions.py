@@ -340,3 +340,22 @@ def test_signature_equality_and_hash():
 def test_to_value_type_rejects_bad_tags_with_type_error(tag):
     with pytest.raises(TypeError, match="^not a guest value type: "):
         to_value_type(tag)
+
+
+def test_numpy_scalar_types_name_value_types():
+    np = pytest.importorskip("numpy")
+    from hlsandbox.func.types import to_value_type
+    assert [to_value_type(t) for t in (np.int32, np.uint32, np.int64, np.uint64, np.float32, np.float64,
+                                       np.bool_)] == [hl.i32, hl.u32, hl.i64, hl.u64, hl.f32, hl.f64,
+                                                      hl.ValueType.BOOL]
+    with pytest.raises(TypeError):
+        to_value_type(np.int8)
+
+
+@pytest.mark.kvm
+def test_a_host_function_may_take_and_return_numpy_scalars():
+    np = pytest.importorskip("numpy")
+    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"))
+    u.register("HostAdd", lambda a, b: np.int32(a) + np.int32(b), params=(np.int32, np.int32), returns=np.int32)
+    with u.evolve() as sb:
+        assert sb.call("CallHostAdd", 20, 22) == 42

@@ -44,7 +44,8 @@ def test_device_that_is_not_kvm(tmp_path):
 
 def test_require_kvm_fails_the_test_run(tmp_path):
     (tmp_path / "test_x.py").write_text("def test_nothing():\n    pass\n")
-    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    for name in ("conftest.py", "helpers.py"):
+        (tmp_path / name).write_text((ROOT / "tests" / name).read_text())
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HLSANDBOX_KVM_DEVICE="/nonexistent/kvm")
     required = subprocess.run(cmd, capture_output=True, text=True, env=dict(env, HLSANDBOX_REQUIRE_KVM="1"),

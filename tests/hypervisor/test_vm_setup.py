@@ -16,7 +16,7 @@ import hlsandbox as hl
 from hlsandbox.hypervisor import kvm
 from hlsandbox.mem.shared_memory import SharedMemory
 
-from conftest import host_add
+from helpers import host_add
 
 pytestmark = pytest.mark.kvm
 HOST = {"HostAdd": (host_add, (hl.i32, hl.i32), hl.i32)}

@@ -31,7 +31,7 @@ from hlsandbox.hypervisor import kvm
 from hlsandbox.hypervisor import vcpu_state as vs
 from hlsandbox.mem.snapshot import HEADER
 
-from conftest import host_add, make_sandbox
+from helpers import host_add, make_sandbox
 
 pytestmark = pytest.mark.kvm
 LONG = os.environ.get("HLSANDBOX_LONG_FUZZ") == "1"

@@ -9,7 +9,7 @@ import pytest
 
 import hlsandbox as hl
 
-from conftest import make_sandbox
+from helpers import make_sandbox
 
 pytestmark = pytest.mark.kvm
 
@@ -55,9 +55,16 @@ def test_parent_objects_raise_used_after_fork_in_the_child():
 
 def test_new_sandboxes_work_in_the_child():
     with make_sandbox() as parent:
+        parent.call("Add", 1, 1, timeout=5)  # the parent's watchdog thread exists
         def child() -> None:
             with make_sandbox() as sb:
                 assert sb.call("Add", 2, 3) == 5
+                try:  # time limits work in the child (its own watchdog thread)
+                    sb.call("Spin", timeout=0.2)
+                except hl.ExecutionTimeout:
+                    pass
+                else:
+                    raise AssertionError("Spin was not stopped")
             assert parent.poisoned is False
 
         assert in_child(child) == 0
@@ -67,7 +74,7 @@ def test_new_sandboxes_work_in_the_child():
 def test_a_parents_snapshot_starts_sandboxes_in_the_child():
     """A snapshot is an immutable image (a memfd): unlike a VM it is valid in the child,
     which makes pre-forked workers cheap."""
-    from conftest import host_add
+    from helpers import host_add
     with make_sandbox() as sb:
         sb.call("SetStatic", 9)
         snap = sb.snapshot()

@@ -9,7 +9,7 @@ import pytest
 import hlsandbox as hl
 from hlsandbox.sandbox.guest_counter import MAX, GuestCounter
 
-from conftest import host_add
+from helpers import host_add
 
 SIMPLEGUEST = hl.guests.path("simpleguest")
 PAGE = 4096

@@ -7,7 +7,7 @@ import pytest
 
 import hlsandbox as hl
 
-from conftest import make_sandbox
+from helpers import make_sandbox
 
 pytestmark = pytest.mark.kvm
 

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import hlsandbox as hl
 from hlsandbox.sandbox.watchdog import WATCHDOG
 
-from conftest import make_sandbox
+from helpers import make_sandbox
 
 pytestmark = pytest.mark.kvm
 
@@ -117,3 +116,46 @@ def test_running_out_of_file_descriptors_names_the_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert isinstance(ei.value, hl.OutOfFileDescriptors), repr(ei.value)
     assert "ulimit -n" in str(ei.value) and "256" in str(ei.value)
+
+
+SIGINT_WAITING_CHILD = textwrap.dedent("""
+    import threading, time
+    import hlsandbox as hl
+    u = hl.UninitializedSandbox(hl.guests.path("simpleguest"))
+    u.register("HostAdd", lambda a, b: a + b, params=(hl.i32, hl.i32), returns=hl.i32)
+    sb = u.evolve()
+    h = sb.interrupt_handle()
+
+    def spin():
+        try:
+            sb.call("Spin")
+        except hl.ExecutionCanceled:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    while not h.is_running():
+        time.sleep(0.001)
+    print("waiting", flush=True)
+    try:
+        sb.call("Add", 1, 2)  # waits for Spin, on the main thread
+    except KeyboardInterrupt:
+        print("interrupted while waiting", flush=True)
+    h.kill()
+    t.join()
+""")
+
+
+def test_ctrl_c_interrupts_a_call_waiting_for_the_sandbox():
+    p = subprocess.Popen([sys.executable, "-c", SIGINT_WAITING_CHILD], cwd=ROOT, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "waiting"
+        time.sleep(0.2)  # let the call reach its wait
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert out.strip() == "interrupted while waiting"
+    assert p.returncode == 0

@@ -12,7 +12,7 @@ import pytest
 
 import hlsandbox as hl
 
-from conftest import host_add
+from helpers import host_add
 
 SIMPLEGUEST = hl.guests.path("simpleguest")
 HOST = {"HostAdd": (host_add, (hl.i32, hl.i32), hl.i32)}

@@ -13,7 +13,7 @@ import hlsandbox as hl
 from hlsandbox.hypervisor import kvm
 from hlsandbox.mem.trampoline import host_has_avx512, trampoline_code
 
-from conftest import host_add, make_sandbox
+from helpers import host_add, make_sandbox
 
 pytestmark = pytest.mark.kvm
 HOST = {"HostAdd": (host_add, (hl.i32, hl.i32), hl.i32)}

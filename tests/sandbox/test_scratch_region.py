@@ -13,7 +13,7 @@ from hlsandbox.mem.elf import PF_R, PF_W, PF_X, ElfImage, Segment
 from hlsandbox.mem.layout import APIC_PAGE, PAGE, SandboxMemoryLayout, check_scratch_base
 from hlsandbox.sandbox.multi_use import layout_for
 
-from conftest import host_add, make_sandbox
+from helpers import host_add, make_sandbox
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 AMD64_TOP = 1 << 36

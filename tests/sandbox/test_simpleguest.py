@@ -9,7 +9,7 @@ import pytest
 
 import hlsandbox as hl
 
-from conftest import make_sandbox
+from helpers import make_sandbox
 
 pytestmark = pytest.mark.kvm
 
@@ -165,3 +165,8 @@ def test_guest_from_bytes_and_guest_binary():
     for guest in (data, hl.GuestBinary.from_bytes(data), hl.GuestBinary.from_path(hl.guests.path("simpleguest"))):
         with hl.UninitializedSandbox(guest).evolve() as sb:
             assert sb.call("Add", 1, 2) == 3
+
+
+def test_sandboxes_follow_the_call_mode(sandbox, call_mode):
+    """The conftest runs this module cold and hot: check that it does."""
+    assert sandbox.is_hot == (call_mode == "hot")

@@ -10,7 +10,7 @@ import pytest
 import hlsandbox as hl
 from hlsandbox.mem.snapshot import HEADER, MAGIC
 
-from conftest import host_add, make_sandbox
+from helpers import host_add, make_sandbox
 
 pytestmark = pytest.mark.kvm
 HOST = {"HostAdd": (host_add, (hl.i32, hl.i32), hl.i32)}

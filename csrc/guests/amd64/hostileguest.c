@@ -581,6 +581,19 @@ __attribute__((noreturn)) static hl_value spin(const hl_value *args) {
 
 static hl_value echo(const hl_value *args) { return args[0]; }
 
+/* Breaks the hot-mode mailbox (docs/abi.md, "Hot mode") and stops polling:
+ * 0 writes a state no side ever writes, 1 posts an exit the mailbox does not
+ * carry (an unknown port), 2 posts a port number with garbage above it,
+ * 3 posts HALT with no result and stops polling (the host's answer is lost). */
+static hl_value hot_mailbox(const hl_value *args) {
+  static const uint64_t states[] = {0xdeadbeef00ULL, HL_HOT_POSTED | (0x42 << 8),
+                                    HL_HOT_POSTED | (108 << 8) | (1ULL << 40), HL_HOT_POSTED | (108 << 8)};
+  uint32_t what = args[0].u32;
+  if (hl_mailbox == NULL || what > 3) return hl_i32(-1);
+  __atomic_store_n(&hl_mailbox->state, states[what], __ATOMIC_RELEASE);
+  for (;;) __builtin_ia32_pause();
+}
+
 /* ---- registration ---- */
 
 static const hl_type P_U32[] = {HL_U32};
@@ -622,4 +635,5 @@ void hyperlight_main(void) {
   hl_register("AddressOf", address_of, HL_U64, 1, P_U32);
   hl_register("Spin", spin, HL_VOID, 0, NULL);
   hl_register("Echo", echo, HL_STR, 1, P_STR);
+  hl_register("HotMailbox", hot_mailbox, HL_I32, 1, P_U32);
 }

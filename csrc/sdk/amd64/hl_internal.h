@@ -10,6 +10,36 @@
  * or stale. A macro, because the port must be an immediate. */
 #define HL_OUT(port) __asm__ volatile("outb %%al, %0" ::"N"(port), "a"(0) : "memory")
 
+/* ---- hot.c: the hot-mode mailbox (docs/abi.md, "Hot mode") ---- */
+
+/* The mailbox's layout and states are hl_abi.h's (HL_HOT_*). */
+typedef struct {
+  uint64_t state;
+  uint64_t pad0[7];
+  uint64_t mode;
+  uint64_t spin_ticks;
+  uint64_t host_waiting;
+  uint64_t pad1[5];
+} hl_mailbox_t;
+_Static_assert(sizeof(hl_mailbox_t) == HL_HOT_MAILBOX_SIZE, "hl_abi.h: mailbox size");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, state) == HL_HOT_STATE, "hl_abi.h: mailbox state");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, mode) == HL_HOT_MODE, "hl_abi.h: mailbox mode");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, spin_ticks) == HL_HOT_SPIN, "hl_abi.h: mailbox spin");
+_Static_assert(__builtin_offsetof(hl_mailbox_t, host_waiting) == HL_HOT_WAITING, "hl_abi.h: mailbox waiting");
+
+extern volatile hl_mailbox_t *hl_mailbox;
+void hl_hot_init(uint64_t mailbox);
+__attribute__((hot)) void hl_exit_slow(unsigned port);
+
+/* An exit that resumes (HALT, CALL_FUNCTION, LOG, PRINT): `out` when cold,
+ * the mailbox when the host keeps the sandbox hot. */
+#define HL_EXIT(port)                                                                                   \
+  do {                                                                                                \
+    volatile hl_mailbox_t *mb_ = hl_mailbox;                                                            \
+    if (mb_ != NULL && __atomic_load_n(&mb_->mode, __ATOMIC_RELAXED) == HL_HOT_ON) hl_exit_slow(port); \
+    else HL_OUT(port);                                                                                \
+  } while (0)
+
 /* The functions every guest call runs (dispatch, record decoding and encoding) go in
  * .text.hot, together: the first call of a sandbox created from a snapshot pays a
  * shadow-MMU fault (~5 us on kvm-pvm) for each distinct page it touches. */

@@ -74,7 +74,7 @@ uint32_t hl_call_host(const char *name, hl_type ret_type, int nargs, const hl_va
   if (!hl_record_end(&w))
     return local_error(ret, HL_ERR_GENERIC, "hl_call_host: call does not fit in the output buffer");
 
-  HL_OUT(HL_PORT_CALL_FUNCTION); /* the host pops the CALL and pushes its reply on the input buffer */
+  HL_EXIT(HL_PORT_CALL_FUNCTION); /* the host pops the CALL and pushes its reply on the input buffer */
   return read_host_reply(name, ret_type, ret);
 }
 
@@ -101,7 +101,7 @@ uint32_t hl_call_host_raw(uint32_t fn_id, const void *req, uint32_t req_len, con
   if (!hl_record_end(&w))
     return raw_local(resp, resp_len, HL_RAW_TOO_LARGE, "hl_call_host_raw: request does not fit in the output buffer");
 
-  HL_OUT(HL_PORT_CALL_FUNCTION); /* the host pops the RAW_CALL and pushes a RAW_RESULT on the input buffer */
+  HL_EXIT(HL_PORT_CALL_FUNCTION); /* the host pops the RAW_CALL and pushes a RAW_RESULT on the input buffer */
 
   hl_record rec;
   if (!hl_record_peek(&hl_input_buffer, &rec))
@@ -138,7 +138,7 @@ void hl_log_at(int level, const char *file, uint32_t line, const char *message) 
   hl_put_u32(&w, line);
   hl_put_str_fit(&w, file, strlen(file), 5); /* keep room for an empty message */
   hl_put_str_fit(&w, message, strlen(message), 0);
-  if (hl_record_end(&w)) HL_OUT(HL_PORT_LOG);
+  if (hl_record_end(&w)) HL_EXIT(HL_PORT_LOG);
 }
 
 int32_t hl_print(const char *text) {
@@ -152,7 +152,7 @@ int32_t hl_print_n(const char *text, size_t len) {
   hl_record_begin(&w, &hl_output_buffer, HL_REC_PRINT);
   uint32_t n = hl_put_str_fit(&w, text, len, 0);
   if (!hl_record_end(&w)) return 0;
-  HL_OUT(HL_PORT_PRINT);
+  HL_EXIT(HL_PORT_PRINT);
   return (int32_t)n;
 }
 

@@ -292,7 +292,7 @@ HL_HOT static void dispatch_one(void) {
 
 static HL_HOT __attribute__((noreturn)) void dispatch_loop(void) {
   for (;;) {
-    HL_OUT(HL_PORT_HALT); /* the host resumes us with a CALL record */
+    HL_EXIT(HL_PORT_HALT); /* the host resumes us with a CALL record */
     dispatch_one();
   }
 }
@@ -333,6 +333,7 @@ void hl_init(const uint64_t *peb, uint64_t seed, uint64_t page_size, uint64_t mi
   if ((counter & 7) != 0) hl_abort(HL_ERR_GENERIC, "misaligned GuestCounter address in the PEB");
   hl_guest_counter_ptr = (const volatile uint64_t *)(uintptr_t)counter;
 
+  hl_hot_init(peb[HL_PEB_HOT_MAILBOX]);
   hl_seed_value = seed;
   hl_min_log_level = min_log_level > 6 ? 6 : (int)min_log_level;
   hl_heap_init((void *)(uintptr_t)peb[HL_PEB_HEAP_ADDR], peb[HL_PEB_HEAP_SIZE]);

@@ -108,7 +108,8 @@ enum hl_peb_field {
   HL_PEB_SCRATCH_SIZE = 14,
   HL_PEB_COUNTER_ADDR = 15, /* offset 120: the GuestCounter's address */
   HL_PEB_PROFILE = 16,      /* offset 128 */
-  HL_PEB_FIELDS = 17,
+  HL_PEB_HOT_MAILBOX = 17,  /* offset 136: the hot-mode mailbox's address (0: none) */
+  HL_PEB_FIELDS = 18,
 };
 
 #define HL_PEB_MAGIC 0x0142455050424c48ULL /* the bytes "HLBPPEB\x01" */
@@ -119,6 +120,30 @@ enum hl_peb_field {
 enum hl_profile {
   HL_PROFILE_AMD64 = 0,
   HL_PROFILE_I686 = 1,
+};
+
+/* The hot-mode mailbox (docs/abi.md, "Hot mode"): 128 bytes at the PEB's
+ * HL_PEB_HOT_MAILBOX, the top of the amd64 stack region. Byte offsets of its
+ * u64 fields; `state` has a cache line to itself. */
+enum hl_hot_mailbox {
+  HL_HOT_STATE = 0,    /* both sides: HL_HOT_POSTED/PARKED | port << 8, or HL_HOT_RESUMED */
+  HL_HOT_MODE = 64,    /* host: HL_HOT_ON while the sandbox is hot */
+  HL_HOT_SPIN = 72,    /* host: TSC ticks the guest spins before parking */
+  HL_HOT_WAITING = 80, /* host: nonzero while the host blocks instead of spinning */
+  HL_HOT_MAILBOX_SIZE = 128,
+};
+
+/* The low byte of the mailbox's state word. */
+enum hl_hot_state {
+  HL_HOT_POSTED = 1,
+  HL_HOT_RESUMED = 2,
+  HL_HOT_PARKED = 3,
+};
+
+/* The mailbox's mode word: the guest uses the mailbox only while it is HL_HOT_ON. */
+enum hl_hot_mode {
+  HL_HOT_OFF = 0,
+  HL_HOT_ON = 1,
 };
 
 #endif
