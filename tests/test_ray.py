@@ -60,10 +60,11 @@ def test_calls_spread_over_both_nodes(pool):
     nodes = pool.node_ids()
     assert len(set(nodes)) == 2
     assert list(pool.map("Add", range(40), range(40), wait=WAIT)) == [2 * i for i in range(40)]
+    assert list(pool.map("Add", range(41), range(41), wait=WAIT, chunksize=10)) == [2 * i for i in range(41)]
     assert pool.call("CallHostAdd", 20, 22, wait=WAIT) == 42  # a host function, run on the node
     assert ray.get(pool.submit("Echo", "hi"), timeout=WAIT) == "hi"
     calls = [s.calls for s in pool.stats()]
-    assert all(c >= 20 for c in calls), calls
+    assert all(c >= 40 for c in calls), calls
 
 
 def test_every_call_starts_from_the_snapshot(pool):
@@ -87,6 +88,10 @@ def test_guest_errors_arrive_as_hlsandbox_exceptions(pool):
     assert type(e.value.cause) is hl.GuestAborted and e.value.cause.code == 4
     results = pool.map("Abort", [1, 2], ["a", "b"], wait=WAIT)
     with pytest.raises(hl.GuestAborted):
+        next(results)
+    results = pool.map("EchoI32", [1, 2, 2**40, 3], wait=WAIT, chunksize=3)  # 2**40: refused by the host
+    assert [next(results), next(results)] == [1, 2]
+    with pytest.raises(hl.GuestFunctionParameterTypeMismatch):
         next(results)
     # The sandboxes were restored: both actors still serve.
     assert list(pool.map("Add", range(4), range(4), wait=WAIT)) == [0, 2, 4, 6]
