@@ -29,8 +29,11 @@ import tempfile
 import threading
 from typing import Any, Iterable, Iterator, Mapping, Optional, Union
 
-import ray
-import ray.exceptions
+try:
+    import ray
+    import ray.exceptions
+except ImportError as e:  # pragma: no cover (the extra is installed where this runs)
+    raise ImportError(f"hlsandbox.ray needs Ray: pip install 'hlsandbox[ray]' ({e})") from e
 
 from .errors import HyperlightError
 from .mem.elf import GuestBinary
