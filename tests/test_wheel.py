@@ -88,7 +88,11 @@ def _run(cmd: list, cwd: Path, timeout: float = 600) -> str:
 def test_wheel_in_a_fresh_venv_builds_and_calls_a_guest(tmp_path):
     wheel = _wheel(tmp_path)
 
-    venv = tmp_path / "venv"
+    # A fresh venv, at the same path every run: zig's cache of musl and compiler-rt is
+    # keyed by where its library sources are, so a new path would rebuild them (minutes).
+    # One per checkout, so test runs in two checkouts do not share it.
+    venv = CACHE / f"venv-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
+    shutil.rmtree(venv, ignore_errors=True)
     _run([sys.executable, "-m", "venv", str(venv)], tmp_path)
     py = str(venv / "bin" / "python")
     _run([py, "-m", "pip", "install", "-q", str(wheel)], tmp_path)
