@@ -4,8 +4,11 @@ builds a guest from a directory outside the repository and calls it.
 The wheel is built by pip in its isolated build environment (3-4 minutes on 2 busy
 cores, most of it installing the build requirements) and cached under
 ~/.cache/hlsandbox-tests (or $HLSANDBOX_TEST_CACHE), keyed by a hash of every file that
-goes into it; with the wheel cached the test takes about a minute, most of it pip
-installing ziglang into the fresh venv."""
+goes into it. With the wheel cached the test takes about two minutes on the busy
+2-core machine: creating the venv (~30 s), pip installing ziglang into it (~45 s) and
+the first guest build in it (zig re-checks its cached musl against the new files). In
+a venv at a new path that build compiled musl again (3.5 minutes measured), hence the
+venv's fixed path."""
 from __future__ import annotations
 
 import hashlib
