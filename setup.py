@@ -1,6 +1,7 @@
 """Build: Cython extensions for the hot paths, the guest SDK into the package, and the
 bundled guests through hlsandbox.sdk.build (the one build path for guests)."""
 import importlib
+import os
 import shutil
 import sys
 import types
@@ -88,6 +89,11 @@ class BuildPyWithSdk(build_py):
 
 class BuildExtAndGuests(build_ext):
     """Builds the extensions, then the bundled guests into hlsandbox/guests/bin."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:  # the extensions compile independently
+            self.parallel = os.cpu_count() or 1
 
     def run(self) -> None:
         super().run()
