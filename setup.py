@@ -9,6 +9,7 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "csrc"))
 from build_guests import build_guests  # noqa: E402
+from lua.build_lua import build_lua_guest  # noqa: E402
 
 EXTENSIONS = [
     Extension("hlsandbox.mem.shared_memory", ["hlsandbox/mem/shared_memory.pyx"]),
@@ -28,6 +29,7 @@ class BuildExtAndGuests(build_ext):
         in_source = self.inplace or getattr(self, "editable_mode", False)
         root = HERE if in_source else Path(self.build_lib)
         build_guests(root / "hlsandbox" / "guests" / "bin")
+        build_lua_guest(root / "hlsandbox" / "guests" / "bin")
 
 
 setup(
