@@ -13,6 +13,7 @@ from .errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEmu
                      InvalidGuestBinary, InvalidSnapshot, KvmUnavailable, MemoryAccessViolation,
                      PoisonedSandbox, SnapshotMismatch, StackOverflow)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
+from .lua import LuaError, LuaResult, LuaSandbox, LuaSandboxPool, LuaSyntaxError
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
@@ -26,7 +27,8 @@ __all__ = [
     "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBinary", "GuestEmulationFailure", "GuestError",
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
     "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
-    "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
+    "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "LuaError", "LuaResult", "LuaSandbox",
+    "LuaSandboxPool", "LuaSyntaxError", "MemoryAccessViolation", "MultiUseSandbox",
     "PoisonedSandbox", "SandboxConfiguration", "Signature", "Snapshot", "SnapshotMismatch", "StackOverflow",
     "UninitializedSandbox", "ValueType", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
 ]
