@@ -8,7 +8,7 @@
 """
 from . import guests
 from .errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEmulationFailure, GuestError,
-                     GuestFault, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
+                     GuestBuildError, GuestFault, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
                      HostFunctionError, HostFunctionNotFound, HyperlightError, InvalidConfiguration,
                      InvalidGuestBinary, InvalidSnapshot, KvmUnavailable, MemoryAccessViolation,
                      PoisonedSandbox, SnapshotMismatch, StackOverflow)
@@ -24,7 +24,7 @@ from .sandbox.uninitialized import UninitializedSandbox
 __version__ = "0.1.0"
 
 __all__ = [
-    "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBinary", "GuestEmulationFailure", "GuestError",
+    "ExecutionCanceled", "ExecutionTimeout", "GuestAborted", "GuestBuildError", "GuestBinary", "GuestEmulationFailure", "GuestError",
     "GuestFault", "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError",
     "HostFunctionError", "HostFunctionNotFound", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
     "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "LuaError", "LuaResult", "LuaSandbox",

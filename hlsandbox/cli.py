@@ -1,4 +1,5 @@
-"""Command line: `python3 -m hlsandbox demo` and `python3 -m hlsandbox call GUEST FUNCTION ARGS...`."""
+"""Command line: `python3 -m hlsandbox demo`, `python3 -m hlsandbox call GUEST FUNCTION ARGS...` and
+`python3 -m hlsandbox build SOURCES... -o OUT.elf` (docs/guests.md)."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +86,13 @@ def call(args: argparse.Namespace) -> int:
     return 0
 
 
+def build(args: argparse.Namespace) -> int:
+    from . import sdk  # only this command needs it
+    print(sdk.build(args.sources, args.output, profile=args.profile, api=args.api, include_dirs=args.include,
+                    defines=args.define, optimize=args.optimize, extra_cflags=args.cflags))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m hlsandbox", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,10 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("function")
     c.add_argument("args", nargs="*")
     c.set_defaults(func=call)
+    b = sub.add_parser("build", help="build a guest ELF from C sources with the guest SDK")
+    b.add_argument("sources", nargs="+", help="C (.c) and assembly (.S) sources")
+    b.add_argument("-o", "--output", required=True, help="the guest ELF to write")
+    b.add_argument("--profile", choices=("amd64", "i686"), default="amd64")
+    b.add_argument("--api", default="hlsandbox", help="the guest API: hlsandbox (hlguest.h) or hyperlight")
+    b.add_argument("-I", dest="include", action="append", default=[], metavar="DIR", help="include directory")
+    b.add_argument("-D", dest="define", action="append", default=[], metavar="NAME[=VALUE]", help="define a macro")
+    b.add_argument("-O", dest="optimize", default="2", metavar="LEVEL", help="optimisation level (default 2)")
+    b.add_argument("--cflag", dest="cflags", action="append", default=[], metavar="FLAG",
+                   help="one more compiler flag, e.g. --cflag=-fstack-protector-strong")
+    b.set_defaults(func=build)
     args = p.parse_args(argv)
     try:
         return args.func(args)
-    except (HyperlightError, FileNotFoundError) as e:
+    except (HyperlightError, FileNotFoundError, ValueError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
 

@@ -123,3 +123,15 @@ class SnapshotMismatch(HyperlightError):
 
 class InvalidSnapshot(HyperlightError):
     """A snapshot file is truncated, corrupt or of an unknown version."""
+
+
+class GuestBuildError(HyperlightError):
+    """Building a guest failed: the compiler rejected the source (`output` holds its
+    messages) or the toolchain is missing (the message names what to install)."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+    def __reduce__(self):
+        return type(self), (self.args[0], self.output)

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -137,60 +138,25 @@ SDK = ROOT / "csrc" / "sdk"
 
 
 def _sdk_inputs() -> list[pathlib.Path]:
-    return sorted((SDK / "amd64").iterdir()) + sorted((SDK / "common").iterdir())
+    return (sorted((SDK / "amd64").iterdir()) + sorted((SDK / "common").iterdir())
+            + [ROOT / "hlsandbox" / "sdk" / "build.py"])
 
 
-# --- TEMPORARY build glue, until hlsandbox.sdk.build() (issue 9) links musl for every
-# amd64 guest: zig cc from the ziglang package, the SDK's entry renamed hl_start so
-# musl's start file (which zig cc always links) is dropped by --gc-sections.
-_ZIG_FLAGS = [
-    "-target", "x86_64-linux-musl", "-g", "-std=gnu11", "-fPIE", "-static", "-fno-sanitize=all",
-    "-fno-stack-protector", "-fno-asynchronous-unwind-tables", "-fcf-protection=none",
-    "-fstack-clash-protection", "-fno-plt", "-ffunction-sections", "-fdata-sections",
-    "-Wl,-z,max-page-size=4096", "-Wl,-z,noexecstack", "-Wl,--build-id=none", "-Wl,-e,hl_start",
-    "-Wl,--gc-sections", "-Wl,-u,hl_exception_stubs",
-]
-
-
-def _build(sources: list[pathlib.Path], out: pathlib.Path, include_dirs: list[pathlib.Path],
-           optimize: str, extra_cflags: list[str]) -> None:
-    zig = [sys.executable, "-m", "ziglang", "cc"]
-    tmp = out.with_name(out.name + ".tmp")
-    with tempfile.TemporaryDirectory() as work:
-        entry = pathlib.Path(work) / "entry.o"
-        cmds = [zig + ["-target", "x86_64-linux-musl", "-c", str(SDK / "amd64" / "entry.S"), "-o", str(entry)],
-                ["objcopy", "--redefine-sym", "_start=hl_start", str(entry)],
-                zig + _ZIG_FLAGS + [f"-O{optimize}", f"-I{SDK / 'amd64'}"] + [f"-I{d}" for d in include_dirs]
-                + extra_cflags + [str(entry)] + [str(p) for p in sorted((SDK / "amd64").glob("*.c"))]
-                + [str(p) for p in sorted((SDK / "common").glob("*.c"))] + [str(s) for s in sources]
-                + ["-o", str(tmp)]]
-        for cmd in cmds:
-            try:
-                proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      stdin=subprocess.DEVNULL)
-            except OSError as e:
-                raise RuntimeError(f"building the lua guest: cannot run {cmd[0]!r}: {e}") from e
-            if proc.returncode != 0:
-                tmp.unlink(missing_ok=True)
-                hint = " (the lua guest is built with zig cc: pip install ziglang)" if "ziglang" in proc.stdout else ""
-                raise RuntimeError(f"building the lua guest failed{hint}:\n$ {' '.join(cmd)}\n{proc.stdout}")
-    os.replace(tmp, out)
-# --- end of the temporary glue
-
-
-def build_lua_guest(out_dir: os.PathLike) -> pathlib.Path:
-    """Builds out_dir/lua.elf (unless it is newer than its inputs); returns its path."""
+def build_lua_guest(out_dir: os.PathLike, sdk: Any) -> pathlib.Path:
+    """Builds out_dir/lua.elf with `sdk` (the module hlsandbox.sdk.build) unless it is
+    newer than its inputs; returns its path."""
     out = pathlib.Path(out_dir) / "lua.elf"
     if _up_to_date(out, _inputs() + _sdk_inputs()):
         return out
     lua = lua_source_dir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # The VM's hot loop runs natively at CPL3: a proper optimisation level.
-    _build([lua / f"{n}.c" for n in LUA_SOURCES] + GUEST_SOURCES, out, include_dirs=[lua], optimize="2",
-           extra_cflags=["-include", str(GUEST_CONF)])
+    # The VM's hot loop runs natively at CPL3: a proper optimisation level. -w: Lua's
+    # own sources are not ours to fix.
+    sdk.build([lua / f"{n}.c" for n in LUA_SOURCES] + GUEST_SOURCES, out, profile="amd64", include_dirs=[lua],
+              optimize="2", extra_cflags=["-include", str(GUEST_CONF), f"-ffile-prefix-map={ROOT}/="])
     return out
 
 
 if __name__ == "__main__":
     target = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "hlsandbox" / "guests" / "bin"
-    print(build_lua_guest(target))
+    from hlsandbox.sdk import build as sdk_build
+    print(build_lua_guest(target, sdk_build))

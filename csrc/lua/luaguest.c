@@ -25,13 +25,10 @@
 #include "lua.h"
 #include "lualib.h"
 
-/* ---- libc entry points that musl would answer with a syscall or TLS ----
- * The guest has no kernel and no thread pointer: these replace the few musl
- * functions the Lua core reaches that would use them. */
-
-static int guest_errno;
-int *__errno_location(void) { return &guest_errno; }
-int *___errno_location(void) { return &guest_errno; }
+/* ---- the clock: the host's, given to each Run ----
+ * musl's time() and clock() would make a syscall, which the guest cannot; Lua's
+ * core calls them only to seed math.random (reseeded by every Run) and to
+ * randomise table.sort's pivot. */
 
 static double run_started_at; /* host time (seconds since the epoch) when Run started */
 
@@ -41,11 +38,7 @@ long time(long *t) {
   return now;
 }
 
-long clock(void) { return 0; } /* ltablib's pivot randomisation only */
-
-int strcoll(const char *a, const char *b) { return strcmp(a, b); } /* the "C" locale */
-
-__attribute__((noreturn)) void abort(void) { hl_abort(1, "lua guest: abort()"); }
+long clock(void) { return 0; }
 
 unsigned int hl_lua_seed(void) { return (unsigned int)(hl_seed() ^ (hl_seed() >> 32)); }
 
@@ -500,7 +493,6 @@ static hl_value Run(const hl_value *args) {
   run_started_at = args[2].f64;
   result_limit = args[3].u32 < result_alloc ? args[3].u32 : result_alloc;
   out.len = 0;
-  guest_errno = 0;
   lua_settop(L, 0);
   /* math.randomseed(seed): each run draws its own numbers. */
   if (lua_getglobal(L, "math") == LUA_TTABLE && lua_getfield(L, -1, "randomseed") == LUA_TFUNCTION) {

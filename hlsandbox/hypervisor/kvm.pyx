@@ -311,12 +311,20 @@ cdef class VirtualMachine:
             raise ValueError("the VM is closed")
 
     def setup_long_mode(self, uint64_t cr3, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
-                        uint16_t idt_limit, uint64_t tss, uint32_t tss_limit) -> None:
-        """64-bit mode with paging, CS/SS at CPL3, the TSS for faults and I/O permissions."""
+                        uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint64_t fs_base=0) -> None:
+        """64-bit mode with paging, CS/SS at CPL3, the TSS for faults and I/O permissions;
+        `fs_base`: the guest's thread pointer (docs/abi.md), 0 for none."""
         self._set_mode(0x80010033,  # PG, WP, NE, ET, MP, PE
                        0x20 | 0x200 | 0x400,  # PAE, OSFXSR, OSXMMEXCPT (SSE at CPL3)
                        0xD00,  # NXE, LMA, LME; no SCE: `syscall` from the guest raises #UD
                        cr3, 0x23, 0x1b, 3, True, gdt, gdt_limit, idt, idt_limit, tss, tss_limit, 0x28)
+        cdef kvm_sregs s
+        if fs_base:
+            if ioctl(self.vcpu_fd, KVM_GET_SREGS, &s) < 0:
+                raise OSError(errno, "KVM_GET_SREGS")
+            s.fs.base = fs_base
+            if ioctl(self.vcpu_fd, KVM_SET_SREGS, &s) < 0:
+                raise OSError(errno, f"KVM_SET_SREGS: {os.strerror(errno)}")
 
     def setup_protected_mode(self, uint64_t gdt, uint16_t gdt_limit, uint64_t idt, uint16_t idt_limit,
                              uint64_t tss) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import InvalidGuestBinary
-from .elf import EXCEPTION_STUBS_SYMBOL, ElfImage
+from .elf import EXCEPTION_STUBS_SYMBOL, THREAD_BLOCK_SYMBOL, ElfImage
 from .layout import I686_STUBS_OFFSET, I686_TSS_OFFSET, SandboxMemoryLayout
 from .paging import RegionMap, build_page_tables
 from .shared_memory import SharedMemory
@@ -31,6 +31,15 @@ def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str)
                                  "hlsandbox guest SDK (csrc/sdk/amd64)")
     if off + IDT_VECTORS * STUB_STRIDE > image.size:
         raise InvalidGuestBinary(f"{name}: {EXCEPTION_STUBS_SYMBOL} lies outside the image")
+    return layout.code_gpa + off
+
+
+def thread_pointer(image: ElfImage, layout: SandboxMemoryLayout) -> int:
+    """The FS base an amd64 guest starts with: its thread block (the C library's errno,
+    locale and stack-protector canary live there), or 0 if it has none."""
+    off = image.symbols.get(THREAD_BLOCK_SYMBOL)
+    if off is None or layout.profile != "amd64" or off >= image.size:
+        return 0
     return layout.code_gpa + off
 
 

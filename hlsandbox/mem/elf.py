@@ -20,6 +20,7 @@ PF_X, PF_W, PF_R = 1, 2, 4
 R_X86_64_NONE = 0
 R_X86_64_RELATIVE = 8
 EXCEPTION_STUBS_SYMBOL = "hl_exception_stubs"
+THREAD_BLOCK_SYMBOL = "hl_tcb"  # the C library's thread block: FS points at it
 MAX_IMAGE_SIZE = 1 << 30
 I686_MIN_ADDRESS = 0x10000  # below: the i686 profile's null page, system page and PEB
 I686_MAX_ADDRESS = 0xFEE00000  # the APIC page
@@ -244,7 +245,7 @@ def _symbols(elf: ELFFile) -> dict[str, int]:
     if not isinstance(sec, SymbolTableSection) or sec["sh_entsize"] != 24:
         return {}
     strtab = elf.get_section(sec["sh_link"]).data()
-    wanted = {EXCEPTION_STUBS_SYMBOL.encode()}
+    wanted = {EXCEPTION_STUBS_SYMBOL.encode(), THREAD_BLOCK_SYMBOL.encode()}
     out = {}
     for name_off, _info, _other, _shndx, value, _size in struct.iter_unpack("<IBBHQQ", sec.data()):
         end = strtab.find(b"\0", name_off)

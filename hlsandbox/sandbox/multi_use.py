@@ -15,7 +15,7 @@ from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
 from ..hypervisor import kvm
-from ..mem.builder import build_guest_memory
+from ..mem.builder import build_guest_memory, thread_pointer
 from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory, page_runs
@@ -151,7 +151,7 @@ class MultiUseSandbox:
                                   rbx=seed & 0xFFFFFFFF, rcx=4096, rdx=level, rflags=2)
             else:
                 self._vm.setup_long_mode(L.pt_gpa, L.gdt_gpa, GDT_LIMIT, L.idt_gpa, IDT_LIMIT, L.tss_gpa,
-                                         TSS_SIZE - 1)
+                                         TSS_SIZE - 1, thread_pointer(image, L))
                 self._vm.set_regs(rip=L.code_gpa + image.entry, rsp=L.stack_top, rdi=L.peb_gpa, rsi=seed,
                                   rdx=4096, rcx=level, rflags=2)
             self._input.clear()

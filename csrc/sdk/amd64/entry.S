@@ -6,17 +6,19 @@
 
 	.text
 
-/* _start: rsp = top of the stack, rdi = PEB, rsi = seed, rdx = page size,
- * rcx = minimum log level. Those four registers already are the first four
- * SysV arguments of hl_init(), which never returns. */
-	.globl	_start
-	.type	_start, @function
-_start:
+/* hl_start, the ELF entry point: rsp = top of the stack, rdi = PEB, rsi =
+ * seed, rdx = page size, rcx = minimum log level. Those four registers
+ * already are the first four SysV arguments of hl_init(), which never
+ * returns. Not named _start: the libc's start file defines that one (the
+ * link keeps it out of the image, see hlsandbox/sdk/build.py). */
+	.globl	hl_start
+	.type	hl_start, @function
+hl_start:
 	andq	$-16, %rsp		/* SysV: rsp is 16-aligned before a call */
 	xorl	%ebp, %ebp		/* terminate frame-pointer chains */
 	call	hl_init
 	ud2				/* not reached: hl_init is noreturn */
-	.size	_start, . - _start
+	.size	hl_start, . - hl_start
 
 /* hl_exception_stubs: 32 stubs, 16 bytes apart; the host points IDT vector N
  * at hl_exception_stubs + 16 * N. Each stub makes the frame uniform (a zero

@@ -71,6 +71,13 @@ enum {
 };
 _Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");
 
+/* ---- libc_glue.c: the C library's system ---- */
+
+/* Sets up the thread block the host points FS at; first thing at entry. */
+void hl_libc_init(uint64_t seed);
+/* Sends what the guest left in stdout's buffer (after init and each call). */
+HL_HOT void hl_libc_after_call(void);
+
 /* ---- buffers.c: stacks of records ---- */
 
 typedef struct {

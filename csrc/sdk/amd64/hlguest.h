@@ -114,6 +114,9 @@ void hl_log_at(int level, const char *file, uint32_t line, const char *message);
 
 /* Prints text through the host's writer. Returns the number of bytes. */
 int32_t hl_print(const char *text);
+/* Prints len bytes of text; returns how many went out (fewer if the output
+ * buffer cannot hold them all in one record). */
+int32_t hl_print_n(const char *text, size_t len);
 
 /* Aborts the guest: the call raises GuestAborted(code, message). */
 __attribute__((noreturn)) void hl_abort(int32_t code, const char *message);

@@ -143,7 +143,10 @@ void hl_log_at(int level, const char *file, uint32_t line, const char *message) 
 
 int32_t hl_print(const char *text) {
   if (text == NULL) text = "";
-  size_t len = strlen(text);
+  return hl_print_n(text, strlen(text));
+}
+
+int32_t hl_print_n(const char *text, size_t len) {
   if (len == 0) return 0;
   hl_writer w;
   hl_record_begin(&w, &hl_output_buffer, HL_REC_PRINT);

@@ -215,6 +215,7 @@ HL_HOT static void run_call(const hl_record *rec) {
 
   reset_fail();
   hl_value result = f->fn(args);
+  hl_libc_after_call();
   if (call_failed)
     send_error(fail_code, fail_message ? fail_message : "guest function failed (message lost: out of heap)");
   else
@@ -257,12 +258,13 @@ static bool buffer_usable(uint64_t addr, uint64_t size) {
   return addr != 0 && (addr & 7) == 0 && size >= 64;
 }
 
-/* Called by _start (entry.S) with the registers of docs/abi.md. */
-__attribute__((noreturn, used)) void hl_init(const uint64_t *peb, uint64_t seed, uint64_t page_size,
+/* Called by hl_start (entry.S) with the registers of docs/abi.md. */
+__attribute__((noreturn, used, no_stack_protector)) void hl_init(const uint64_t *peb, uint64_t seed, uint64_t page_size,
                                              uint64_t min_log_level);
 
 void hl_init(const uint64_t *peb, uint64_t seed, uint64_t page_size, uint64_t min_log_level) {
   (void)page_size;
+  hl_libc_init(seed); /* first: libc code (errno, the canary) reads the thread block */
   if (peb == NULL || peb[HL_PEB_MAGIC_F] != HL_PEB_MAGIC) abort_without_record();
   if (!buffer_usable(peb[HL_PEB_OUTPUT_ADDR], peb[HL_PEB_OUTPUT_SIZE])) abort_without_record();
   hl_output_buffer.base = (uint8_t *)(uintptr_t)peb[HL_PEB_OUTPUT_ADDR];
@@ -286,6 +288,7 @@ void hl_init(const uint64_t *peb, uint64_t seed, uint64_t page_size, uint64_t mi
   hl_heap_init((void *)(uintptr_t)peb[HL_PEB_HEAP_ADDR], peb[HL_PEB_HEAP_SIZE]);
 
   hyperlight_main();
+  hl_libc_after_call();
   push_function_table();
   dispatch_loop();
 }
