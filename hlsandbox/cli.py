@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from . import guests
+from . import guests, lua_cli
 from .errors import HyperlightError
 from .func.types import ValueType
 from .sandbox.config import SandboxConfiguration
@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--cflag", dest="cflags", action="append", default=[], metavar="FLAG",
                    help="one more compiler flag, e.g. --cflag=-fstack-protector-strong")
     b.set_defaults(func=build)
+    lua_cli.add_parser(sub)
     args = p.parse_args(argv)
     try:
         return args.func(args)
