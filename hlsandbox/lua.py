@@ -294,8 +294,10 @@ class LuaSandbox:
             try:
                 raw = sb.call("Run", b, random.getrandbits(64), time.time(), self._result_limit,
                               timeout=timeout, restore=self.fresh)
-            except HyperlightError:
-                if sb.poisoned:  # timeout, kill or fault: back to the interpreter after start-up
+            except BaseException:
+                # A timeout, kill, fault or Ctrl-C leaves the guest mid-run: back to the
+                # interpreter after start-up, so the next run works.
+                if sb.poisoned:
                     sb.restore()
                 raise
             elapsed = time.perf_counter() - t0

@@ -348,3 +348,21 @@ def test_pool_serves_many_threads():
         assert pool.run("return 1").value == 1
     with pytest.raises(ValueError):
         hl.LuaSandboxPool(size=1, fresh=False)
+
+
+def test_memory_used_grows_and_fresh_runs_give_it_back():
+    with hl.LuaSandbox(fresh=False) as sb:
+        before = sb.memory_used()
+        sb.run("big = {} for i = 1, 10000 do big[i] = i end")
+        assert sb.memory_used() > before + 100_000
+        sb.reset()
+        assert sb.memory_used() == before
+
+
+def test_ctrl_c_in_a_tool_leaves_the_sandbox_usable():
+    def interrupt():
+        raise KeyboardInterrupt
+    with hl.LuaSandbox(tools={"interrupt": interrupt}) as sb:
+        with pytest.raises(KeyboardInterrupt):
+            sb.run("tools.interrupt()")
+        assert sb.run("return 5").value == 5
