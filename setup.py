@@ -17,13 +17,16 @@ BUNDLED_GUESTS = HERE / "csrc" / "guests"
 sys.path.insert(0, str(HERE / "csrc"))
 from lua.build_lua import build_lua_guest  # noqa: E402  (Lua from a pinned sdist, then sdk.build)
 
+ABI_HEADER_DIR = "csrc/sdk/common"  # hl_abi.h, read by hlsandbox/abi.pxd
+
 EXTENSIONS = [
+    Extension("hlsandbox.abi", ["hlsandbox/abi.pyx"], include_dirs=[ABI_HEADER_DIR]),
     Extension("hlsandbox.mem.shared_memory", ["hlsandbox/mem/shared_memory.pyx"]),
     Extension("hlsandbox.mem.paging", ["hlsandbox/mem/paging.pyx"]),
-    Extension("hlsandbox.func.wire", ["hlsandbox/func/wire.pyx"]),
+    Extension("hlsandbox.func.wire", ["hlsandbox/func/wire.pyx"], include_dirs=[ABI_HEADER_DIR]),
     Extension("hlsandbox.hypervisor.kvm", ["hlsandbox/hypervisor/kvm.pyx"], include_dirs=["hlsandbox/hypervisor"]),
     Extension("hlsandbox.sandbox.call_path", ["hlsandbox/sandbox/call_path.pyx"],
-              include_dirs=["hlsandbox/hypervisor"]),
+              include_dirs=["hlsandbox/hypervisor", ABI_HEADER_DIR]),
 ]
 
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import inspect
+import struct
+import time
 import typing
 from typing import Any, Callable, Iterable, Optional
 
+from ..abi import RawBuiltin
 from .types import Signature, ValueType, to_value_type
 
 
@@ -68,6 +71,20 @@ def signature_of(name: str, fn: Callable[..., Any], params: Optional[Iterable[An
     return Signature(name, ptypes, rtype)
 
 
+# Built-in raw host functions every sandbox has (docs/abi.md, "Time"); a raw host
+# function registered with the same id replaces the built-in.
+RAW_FN_CLOCK = int(RawBuiltin.CLOCK)
+_CLOCK_REPLY = struct.Struct("<3q")
+
+
+def _host_clock(_request: memoryview) -> bytes:
+    """The guest C library's clocks: realtime, monotonic and process-CPU nanoseconds."""
+    return _CLOCK_REPLY.pack(time.time_ns(), time.monotonic_ns(), time.process_time_ns())
+
+
+BUILTIN_RAW = {RAW_FN_CLOCK: _host_clock}
+
+
 class HostFunctionRegistry:
     """Host functions by name."""
 
@@ -86,7 +103,8 @@ class HostFunctionRegistry:
         self._raw[fn_id] = fn
 
     def get_raw(self, fn_id: int) -> Optional[Callable[[memoryview], Any]]:
-        return self._raw.get(fn_id)
+        fn = self._raw.get(fn_id)
+        return fn if fn is not None else BUILTIN_RAW.get(fn_id)
 
     def raw_ids(self) -> list[int]:
         return sorted(self._raw)

@@ -4,20 +4,22 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from ..abi import ValueTag
+
 
 class ValueType(enum.IntEnum):
     """A type a guest or host function can take or return; values are the wire tags."""
 
-    VOID = 0
-    I32 = 1
-    U32 = 2
-    I64 = 3
-    U64 = 4
-    F32 = 5
-    F64 = 6
-    BOOL = 7
-    STR = 8
-    BYTES = 9
+    VOID = int(ValueTag.VOID)
+    I32 = int(ValueTag.I32)
+    U32 = int(ValueTag.U32)
+    I64 = int(ValueTag.I64)
+    U64 = int(ValueTag.U64)
+    F32 = int(ValueTag.F32)
+    F64 = int(ValueTag.F64)
+    BOOL = int(ValueTag.BOOL)
+    STR = int(ValueTag.STR)
+    BYTES = int(ValueTag.BYTES)
 
     def __str__(self) -> str:
         return _NAMES[self]

@@ -12,36 +12,23 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from ..errors import (GuestError, GuestProtocolError, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch,
                       HostFunctionError, HostFunctionNotFound)
 
-cdef enum:
-    HEADER = 8
-    KIND_CALL = 1
-    KIND_RETURN = 2
-    KIND_ERROR = 3
-    KIND_LOG = 4
-    KIND_PRINT = 5
-    KIND_FUNCTION_TABLE = 6
-    KIND_RAW_CALL = 7
-    KIND_RAW_RESULT = 8
-
-cdef enum:
-    T_VOID = 0
-    T_I32 = 1
-    T_U32 = 2
-    T_I64 = 3
-    T_U64 = 4
-    T_F32 = 5
-    T_F64 = 6
-    T_BOOL = 7
-    T_STR = 8
-    T_BYTES = 9
+from ..abi cimport (HL_RECORD_HEADER as HEADER, HL_REC_CALL as KIND_CALL, HL_REC_RETURN as KIND_RETURN,
+                   HL_REC_ERROR as KIND_ERROR, HL_REC_LOG as KIND_LOG, HL_REC_PRINT as KIND_PRINT,
+                   HL_REC_FUNCTION_TABLE as KIND_FUNCTION_TABLE, HL_REC_RAW_CALL as KIND_RAW_CALL,
+                   HL_REC_RAW_RESULT as KIND_RAW_RESULT, HL_TAG_VOID as T_VOID, HL_TAG_I32 as T_I32,
+                   HL_TAG_U32 as T_U32, HL_TAG_I64 as T_I64, HL_TAG_U64 as T_U64, HL_TAG_F32 as T_F32,
+                   HL_TAG_F64 as T_F64, HL_TAG_BOOL as T_BOOL, HL_TAG_STR as T_STR, HL_TAG_BYTES as T_BYTES,
+                   HL_ERR_FUNCTION_NOT_FOUND, HL_ERR_PARAMETER_MISMATCH, HL_ERR_HOST_FUNCTION,
+                   HL_ERR_HOST_FUNCTION_NOT_FOUND)
 
 RECORD_KINDS = {"call": KIND_CALL, "return": KIND_RETURN, "error": KIND_ERROR, "log": KIND_LOG,
                 "print": KIND_PRINT, "function_table": KIND_FUNCTION_TABLE, "raw_call": KIND_RAW_CALL,
                 "raw_result": KIND_RAW_RESULT}
 _KIND_NAMES = {v: k for k, v in RECORD_KINDS.items()}
 _TYPE_NAMES = ("void", "i32", "u32", "i64", "u64", "f32", "f64", "bool", "str", "bytes")
-ERROR_TYPES = {2: GuestFunctionNotFound, 3: GuestFunctionParameterTypeMismatch,
-               4: HostFunctionError, 5: HostFunctionNotFound}
+ERROR_TYPES = {HL_ERR_FUNCTION_NOT_FOUND: GuestFunctionNotFound,
+               HL_ERR_PARAMETER_MISMATCH: GuestFunctionParameterTypeMismatch,
+               HL_ERR_HOST_FUNCTION: HostFunctionError, HL_ERR_HOST_FUNCTION_NOT_FOUND: HostFunctionNotFound}
 
 
 cdef inline uint64_t align8(uint64_t n) nogil:

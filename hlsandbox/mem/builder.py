@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import struct
 
+from ..abi import ABI_VERSION, PEB_FIELDS, PEB_MAGIC, Profile
 from ..errors import InvalidGuestBinary
 from .elf import EXCEPTION_STUBS_SYMBOL, THREAD_BLOCK_SYMBOL, ElfImage
 from .layout import I686_STUBS_OFFSET, I686_TSS_OFFSET, SandboxMemoryLayout
@@ -11,14 +12,12 @@ from .shared_memory import SharedMemory
 from .system_tables import IDT_VECTORS, STUB_STRIDE, write_i686_system_page, write_system_tables
 from .trampoline import trampoline_code
 
-PEB_MAGIC = 0x0142455050424C48  # b"HLBPPEB\x01" little-endian
-ABI_VERSION = 2
-PROFILE_IDS = {"amd64": 0, "i686": 1}
+PROFILE_IDS = {"amd64": int(Profile.AMD64), "i686": int(Profile.I686)}
 
 
 def write_peb(mem: memoryview, layout: SandboxMemoryLayout) -> None:
     L = layout
-    struct.pack_into("<17Q", mem, L.peb_gpa, PEB_MAGIC, ABI_VERSION, L.input_gpa, L.input_size,
+    struct.pack_into(f"<{PEB_FIELDS}Q", mem, L.peb_gpa, PEB_MAGIC, ABI_VERSION, L.input_gpa, L.input_size,
                      L.output_gpa, L.output_size, L.heap_gpa, L.heap_size, L.stack_top, L.stack_size,
                      L.code_gpa, L.image_size, L.total_size, L.scratch_gpa, L.scratch_size, L.counter_gpa,
                      PROFILE_IDS[L.profile])
@@ -26,6 +25,10 @@ def write_peb(mem: memoryview, layout: SandboxMemoryLayout) -> None:
 
 def exception_stubs_gpa(image: ElfImage, layout: SandboxMemoryLayout, name: str) -> int:
     off = image.symbols.get(EXCEPTION_STUBS_SYMBOL)
+    if off is None and image.stripped:
+        raise InvalidGuestBinary(f"{name}: the ELF is stripped (it has no symbol table), so the host cannot find "
+                                 f"{EXCEPTION_STUBS_SYMBOL}; load the unstripped file (do not strip guests or "
+                                 "link them with -s)")
     if off is None:
         raise InvalidGuestBinary(f"{name}: no {EXCEPTION_STUBS_SYMBOL} symbol; link the guest with the "
                                  "hlsandbox guest SDK (csrc/sdk/amd64)")

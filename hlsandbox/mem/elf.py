@@ -48,6 +48,7 @@ class ElfImage:
     symbols: dict[str, int] = field(default_factory=dict)
     profile: str = "amd64"
     link_base: Optional[int] = None  # i686: the fixed address segment offsets are relative to
+    stripped: bool = False  # no .symtab: the host cannot find the SDK's symbols
 
     def load_into(self, mem: memoryview, base: int, mem_offset: int) -> None:
         """Copies the segments to mem[mem_offset:], then applies relocations for `base`."""
@@ -147,7 +148,8 @@ def _parse(elf: ELFFile, file_size: int, name: str) -> ElfImage:
     entry = _checked_entry(elf["e_entry"], segments, name)
     relocations = _relocations(elf, size, name)
     symbols = _symbols(elf)
-    return ElfImage(entry, segments, relocations, align, size, symbols)
+    stripped = not isinstance(elf.get_section_by_name(".symtab"), SymbolTableSection)
+    return ElfImage(entry, segments, relocations, align, size, symbols, stripped=stripped)
 
 
 def _parse_i686(elf: ELFFile, file_size: int, name: str) -> ElfImage:

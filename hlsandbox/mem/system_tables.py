@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import struct
 
+from ..abi import Port
 from .layout import GDT_OFFSET, IDT_OFFSET, TSS_OFFSET, TSS_SIZE, SandboxMemoryLayout
 
 # Ports the guest may use from CPL3 (docs/abi.md); everything else raises #GP.
-PORT_LOG = 99
-PORT_CALL_FUNCTION = 101
-PORT_ABORT = 102
-PORT_PRINT = 103
-PORT_HALT = 108
-PORT_FAULT = 110  # CPL0 stubs only: not in the I/O bitmap
+# Plain ints for the exit dispatch; their home is csrc/sdk/common/hl_abi.h (hlsandbox.abi).
+PORT_LOG = int(Port.LOG)
+PORT_CALL_FUNCTION = int(Port.CALL_FUNCTION)
+PORT_ABORT = int(Port.ABORT)
+PORT_PRINT = int(Port.PRINT)
+PORT_HALT = int(Port.HALT)
+PORT_FAULT = int(Port.FAULT)  # CPL0 stubs only: not in the I/O bitmap
 GUEST_PORTS = (PORT_LOG, PORT_CALL_FUNCTION, PORT_ABORT, PORT_PRINT, PORT_HALT)
 
 GDT = (

@@ -13,8 +13,7 @@ from ..mem.shared_memory cimport SharedMemory
 
 from ..errors import ExecutionCanceled
 
-cdef enum:
-    PORT_HALT = 108  # docs/abi.md
+from ..abi cimport HL_PORT_HALT as PORT_HALT
 
 
 cdef class CallPath:

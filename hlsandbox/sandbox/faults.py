@@ -39,6 +39,11 @@ def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out:
                           f"{vector})", vector_out)
     name = VECTOR_NAMES.get(vector, f"vector {vector}")
     where = f"at rip={rip:#x}" + ("" if cs & 3 == 3 else " (in CPL0 code)")
+    syscall_at = _syscall_site(mem, layout, vector, rip, vm)
+    if syscall_at is not None:
+        return GuestFault(f"guest fault: a raw `syscall` instruction (syscall number {_rax}) at rip="
+                          f"{syscall_at:#x}; a guest has no operating system: use the SDK's C library "
+                          "functions", vector, error, syscall_at)
     if vector == 14:
         access = _access(error)
         # A touch of the guard page with the stack pointer at the bottom of the stack (or
@@ -50,6 +55,26 @@ def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out:
         return MemoryAccessViolation(f"guest memory access violation: {access} of {cr2:#x} ({kind}) {where}",
                                      cr2, access, vector, error, rip)
     return GuestFault(f"guest fault {name} (error code {error:#x}) {where}", vector, error, rip)
+
+
+def _syscall_site(mem: SharedMemory, layout: SandboxMemoryLayout, vector: int, rip: int,
+                  vm: "kvm.VirtualMachine | None") -> "int | None":
+    """The address of the `syscall` (0f 05) that faulted, if one did: EFER.SCE is clear,
+    so hardware raises #UD at it; kvm-pvm instead jumps to LSTAR (0), leaving the return
+    address in rcx."""
+    def is_syscall(at: int) -> bool:
+        try:
+            return mem.read(layout.host(at), 2) == b"\x0f\x05"
+        except (ValueError, IndexError, OSError):
+            return False
+
+    if vector == 6 and is_syscall(rip):
+        return rip
+    if vector == 14 and rip == 0 and vm is not None:
+        rcx = vm.get_regs()["rcx"]
+        if rcx >= 2 and is_syscall(rcx - 2):
+            return rcx - 2
+    return None
 
 
 FRAME_I686 = struct.Struct("<5I")  # vector, error, eip, cs, eflags (ascending addresses from esp)

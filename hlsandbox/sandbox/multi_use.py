@@ -15,6 +15,7 @@ from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
 from ..hypervisor import kvm
+from ..abi import RecordKind
 from ..mem.builder import build_guest_memory, thread_pointer
 from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
@@ -32,7 +33,7 @@ from .interrupt import InterruptHandle
 from .watchdog import WATCHDOG
 
 GUEST_LOGGER = logging.getLogger("hlsandbox.guest")
-RAW_CALL_KIND = 7  # docs/abi.md
+RAW_CALL_KIND = int(RecordKind.RAW_CALL)
 TRACE = 5
 logging.addLevelName(TRACE, "TRACE")
 # Guest log levels 0..5 (docs/abi.md) as Python logging levels.

@@ -52,7 +52,7 @@ def include_dirs(profile: str = "amd64", api: str = "hlsandbox") -> list[str]:
 
 
 def _sdk_include_dirs(profile: str, api: str) -> list[str]:
-    return [str(sdk_root() / profile)]
+    return [str(sdk_root() / profile), str(sdk_root() / "common")]
 
 
 def _runtime_sources(profile: str) -> list[pathlib.Path]:

@@ -62,3 +62,41 @@ def test_libc_guest_restores_like_any_guest(libc_sandbox):
     libc_sandbox.call("Print", "a")
     libc_sandbox.restore(snap)
     assert libc_sandbox.call("Echo", "still here") == "still here"
+
+
+def test_operating_system_features_fail_with_enosys(libc_sandbox):
+    assert libc_sandbox.call("NoOs") == 8
+
+
+def test_clocks_come_from_the_host(libc_sandbox):
+    import time
+    before = int(time.time())
+    assert before <= libc_sandbox.call("Clocks") <= int(time.time()) + 1
+
+
+def test_exit_aborts_the_call_with_its_code(built_guest):
+    out = io.StringIO()
+    with hl.UninitializedSandbox(built_guest("libcguest"), writer=out).evolve() as sb:
+        with pytest.raises(hl.GuestAborted) as e:
+            sb.call("Exit", 3)
+        assert e.value.code == 3 and "exit()" in str(e.value)
+        assert out.getvalue() == "unflushed before exit"  # stdout flushed first
+
+
+def test_abort_aborts_the_call(built_guest):
+    with hl.UninitializedSandbox(built_guest("libcguest")).evolve() as sb:
+        with pytest.raises(hl.GuestAborted, match="abort"):
+            sb.call("Abort")
+
+
+def test_raw_syscall_is_a_fault_naming_its_number(built_guest):
+    with hl.UninitializedSandbox(built_guest("libcguest")).evolve() as sb:
+        with pytest.raises(hl.GuestFault, match=r"syscall number 39\b"):
+            sb.call("RawSyscall", 39)
+
+
+def test_stack_protector_guests_link_and_run(built_guest):
+    path = built_guest("libcguest", extra_cflags=["-fstack-protector-strong"])
+    with hl.UninitializedSandbox(path).evolve() as sb:
+        assert sb.call("ProtectedCopy", "x" * 30) == "x" * 30
+        assert sb.call("Format", 1, 1.0, "s").startswith("1|")

@@ -4,13 +4,6 @@
 
 #include "hlguest.h"
 
-/* Ports (docs/abi.md, "Execution model"). */
-#define HL_PORT_LOG 99
-#define HL_PORT_CALL_FUNCTION 101
-#define HL_PORT_ABORT 102
-#define HL_PORT_PRINT 103
-#define HL_PORT_HALT 108
-
 /* `out imm8, al`: the only way out of the VM. The "memory" clobber makes the
  * compiler finish every record write before the exit and re-read buffer
  * memory the host changed after it; without it records could be half written
@@ -22,53 +15,6 @@
  * shadow-MMU fault (~5 us on kvm-pvm) for each distinct page it touches. */
 #define HL_HOT __attribute__((hot))
 
-/* Record kinds. */
-enum {
-  HL_REC_CALL = 1,
-  HL_REC_RETURN = 2,
-  HL_REC_ERROR = 3,
-  HL_REC_LOG = 4,
-  HL_REC_PRINT = 5,
-  HL_REC_FUNCTION_TABLE = 6,
-  HL_REC_RAW_CALL = 7,
-  HL_REC_RAW_RESULT = 8,
-};
-
-/* Error codes of ERROR records. */
-enum {
-  HL_ERR_GENERIC = 1,
-  HL_ERR_FUNCTION_NOT_FOUND = 2,
-  HL_ERR_PARAMETER_MISMATCH = 3,
-  HL_ERR_HOST_FUNCTION = 4,
-  HL_ERR_HOST_FUNCTION_NOT_FOUND = 5,
-  HL_ERR_MALFORMED = 6,
-};
-
-#define HL_PEB_MAGIC 0x0142455050424c48ULL
-#define HL_ABI_VERSION 2
-#define HL_PROFILE_AMD64 0
-
-/* PEB field offsets in u64 units. */
-enum {
-  HL_PEB_MAGIC_F = 0,
-  HL_PEB_VERSION,
-  HL_PEB_INPUT_ADDR,
-  HL_PEB_INPUT_SIZE,
-  HL_PEB_OUTPUT_ADDR,
-  HL_PEB_OUTPUT_SIZE,
-  HL_PEB_HEAP_ADDR,
-  HL_PEB_HEAP_SIZE,
-  HL_PEB_STACK_TOP,
-  HL_PEB_STACK_SIZE,
-  HL_PEB_CODE_ADDR,
-  HL_PEB_CODE_SIZE,
-  HL_PEB_MEMORY_SIZE,
-  HL_PEB_SCRATCH_ADDR,  /* 104 */
-  HL_PEB_SCRATCH_SIZE,  /* 112 */
-  HL_PEB_COUNTER_ADDR,  /* 120: the GuestCounter (a u64) */
-  HL_PEB_PROFILE,       /* 128: 0 amd64, 1 i686 */
-  HL_PEB_FIELDS,
-};
 _Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");
 
 /* ---- libc_glue.c: the C library's system ---- */

@@ -11,17 +11,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hl_abi.h" /* ports, value tags, error codes, raw statuses, log levels */
+
 typedef enum {
-  HL_VOID = 0,
-  HL_I32 = 1,
-  HL_U32 = 2,
-  HL_I64 = 3,
-  HL_U64 = 4,
-  HL_F32 = 5,
-  HL_F64 = 6,
-  HL_BOOL = 7,
-  HL_STR = 8,
-  HL_BYTES = 9,
+  HL_VOID = HL_TAG_VOID,
+  HL_I32 = HL_TAG_I32,
+  HL_U32 = HL_TAG_U32,
+  HL_I64 = HL_TAG_I64,
+  HL_U64 = HL_TAG_U64,
+  HL_F32 = HL_TAG_F32,
+  HL_F64 = HL_TAG_F64,
+  HL_BOOL = HL_TAG_BOOL,
+  HL_STR = HL_TAG_STR,
+  HL_BYTES = HL_TAG_BYTES,
 } hl_type;
 
 /* A typed value. For HL_STR, `str` is NUL-terminated and `len` excludes the
@@ -97,7 +99,6 @@ uint32_t hl_call_host(const char *name, hl_type ret_type, int nargs, const hl_va
  * is a message (text) the SDK owns. The response points into the input
  * buffer and stays valid until the next host call. resp and resp_len may be
  * NULL. */
-enum { HL_RAW_OK = 0, HL_RAW_UNKNOWN_ID = 1, HL_RAW_RAISED = 2, HL_RAW_TOO_LARGE = 3, HL_RAW_MALFORMED = 6 };
 uint32_t hl_call_host_raw(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp,
                           uint32_t *resp_len);
 
@@ -108,7 +109,6 @@ uint64_t hl_guest_counter(void);
 
 /* Logging: level 0 trace .. 5 critical. Records below the host's level are
  * dropped in the guest. */
-enum { HL_LOG_TRACE = 0, HL_LOG_DEBUG, HL_LOG_INFO, HL_LOG_WARNING, HL_LOG_ERROR, HL_LOG_CRITICAL };
 void hl_log_at(int level, const char *file, uint32_t line, const char *message);
 #define hl_log(level, message) hl_log_at((level), __FILE__, __LINE__, (message))
 

@@ -10,34 +10,14 @@
 
 #include <stdbool.h>
 
-/* ---- ABI constants (docs/abi.md) ---- */
+/* ---- ABI constants: csrc/sdk/common/hl_abi.h ---- */
 
-#define PORT_CALL_FUNCTION 101
-#define PORT_ABORT 102
-#define PORT_PRINT 103
-#define PORT_HALT 108
-
-enum { REC_ERROR = 3, REC_PRINT = 5, REC_FUNCTION_TABLE = 6, REC_RAW_CALL = 7, REC_RAW_RESULT = 8 };
-
-#define PEB_MAGIC_LO 0x50424c48u /* "HLBP" */
-#define PEB_MAGIC_HI 0x01424550u /* "PEB\x01" */
-#define ABI_VERSION 2
-#define PROFILE_I686 1
-
-/* PEB fields, in u64 units. */
-enum {
-  PEB_MAGIC = 0,
-  PEB_VERSION = 1,
-  PEB_INPUT_ADDR = 2,
-  PEB_INPUT_SIZE = 3,
-  PEB_OUTPUT_ADDR = 4,
-  PEB_OUTPUT_SIZE = 5,
-  PEB_COUNTER_ADDR = 15, /* offset 120 */
-  PEB_PROFILE = 16,      /* offset 128 */
-};
-
-#define RECORD_HEADER 8 /* u32 length, u8 kind, 3 reserved bytes */
-#define BACK_POINTER 8
+#define PORT_CALL_FUNCTION HL_PORT_CALL_FUNCTION
+#define PORT_ABORT HL_PORT_ABORT
+#define PORT_PRINT HL_PORT_PRINT
+#define PORT_HALT HL_PORT_HALT
+#define RECORD_HEADER HL_RECORD_HEADER
+#define BACK_POINTER HL_RECORD_BACK_POINTER
 
 /* `out imm8, al`, the way out of the VM. The "memory" clobber makes the
  * compiler finish every record write before the exit and re-read what the
@@ -221,7 +201,7 @@ uint32_t hl32_call_raw(uint32_t fn_id, const void *req, uint32_t req_len, const 
     return local_status(resp, resp_len, HL32_RAW_MALFORMED, "hl32_call_raw: NULL request");
 
   writer w;
-  writer_begin(&w, &output, REC_RAW_CALL);
+  writer_begin(&w, &output, HL_REC_RAW_CALL);
   put_u32(&w, fn_id);
   put(&w, req, req_len);
   if (!writer_end(&w))
@@ -233,7 +213,7 @@ uint32_t hl32_call_raw(uint32_t fn_id, const void *req, uint32_t req_len, const 
   if (!record_pop(&input, &r))
     return local_status(resp, resp_len, HL32_RAW_MALFORMED,
                         "malformed reply to a raw host call: bad top, back-pointer or length");
-  if (r.kind != REC_RAW_RESULT)
+  if (r.kind != HL_REC_RAW_RESULT)
     return local_status(resp, resp_len, HL32_RAW_MALFORMED, "reply to a raw host call is not a RAW_RESULT record");
   if (r.len < 4)
     return local_status(resp, resp_len, HL32_RAW_MALFORMED, "malformed RAW_RESULT record: shorter than its status");
@@ -251,7 +231,7 @@ uint32_t hl32_print(const char *text) {
   uint32_t len = strlen(text);
   if (len == 0) return 0;
   writer w;
-  writer_begin(&w, &output, REC_PRINT);
+  writer_begin(&w, &output, HL_REC_PRINT);
   uint32_t n = put_str_fit(&w, text, len);
   if (!writer_end(&w)) return 0;
   OUT(PORT_PRINT);
@@ -260,7 +240,7 @@ uint32_t hl32_print(const char *text) {
 
 static bool push_error(uint32_t code, const char *msg) {
   writer w;
-  writer_begin(&w, &output, REC_ERROR);
+  writer_begin(&w, &output, HL_REC_ERROR);
   put_u32(&w, code);
   put_str_fit(&w, msg, strlen(msg));
   return writer_end(&w);
@@ -276,7 +256,7 @@ void hl32_abort(uint32_t code, const char *msg) {
 
 void hl32_halt_init(void) {
   writer w;
-  writer_begin(&w, &output, REC_FUNCTION_TABLE);
+  writer_begin(&w, &output, HL_REC_FUNCTION_TABLE);
   uint16_t count = 0; /* an i686 guest has no guest functions */
   put(&w, &count, 2);
   if (!writer_end(&w)) hl32_abort(1, "hl32_halt_init: no room for the function table in the output buffer");
@@ -310,19 +290,19 @@ __attribute__((noreturn, used)) void hl32_main(const uint64_t *peb, uint32_t see
 
 void hl32_main(const uint64_t *peb, uint32_t seed, uint32_t page_size, uint32_t min_log_level) {
   peb32 = (const volatile uint32_t *)peb;
-  if (peb32 == NULL || peb32[2 * PEB_MAGIC] != PEB_MAGIC_LO || peb32[2 * PEB_MAGIC + 1] != PEB_MAGIC_HI)
+  if (peb32 == NULL || peb32[2 * HL_PEB_MAGIC_F] != HL_PEB_MAGIC_LO || peb32[2 * HL_PEB_MAGIC_F + 1] != HL_PEB_MAGIC_HI)
     abort_without_record();
-  if (!peb_buffer(PEB_OUTPUT_ADDR, &output)) abort_without_record();
+  if (!peb_buffer(HL_PEB_OUTPUT_ADDR, &output)) abort_without_record();
   buffer_reset(&output); /* from here on hl32_abort can report */
 
-  if (peb32[2 * PEB_VERSION] != ABI_VERSION || peb32[2 * PEB_VERSION + 1] != 0)
+  if (peb32[2 * HL_PEB_VERSION] != HL_ABI_VERSION || peb32[2 * HL_PEB_VERSION + 1] != 0)
     hl32_abort(1, "unsupported ABI version in the PEB (want 2)");
-  if (peb32[2 * PEB_PROFILE] != PROFILE_I686 || peb32[2 * PEB_PROFILE + 1] != 0)
+  if (peb32[2 * HL_PEB_PROFILE] != HL_PROFILE_I686 || peb32[2 * HL_PEB_PROFILE + 1] != 0)
     hl32_abort(1, "the PEB's profile is not i686");
-  if (!peb_buffer(PEB_INPUT_ADDR, &input)) hl32_abort(1, "bad input buffer in the PEB");
+  if (!peb_buffer(HL_PEB_INPUT_ADDR, &input)) hl32_abort(1, "bad input buffer in the PEB");
   buffer_reset(&input);
 
-  uint32_t counter = peb32[2 * PEB_COUNTER_ADDR], counter_hi = peb32[2 * PEB_COUNTER_ADDR + 1];
+  uint32_t counter = peb32[2 * HL_PEB_COUNTER_ADDR], counter_hi = peb32[2 * HL_PEB_COUNTER_ADDR + 1];
   if (counter_hi != 0 || (counter & 7) != 0 || counter > 0xFFFFFFF8u)
     hl32_abort(1, "bad GuestCounter address in the PEB");
   counter32 = counter != 0 ? (const volatile uint32_t *)counter : NULL;

@@ -15,6 +15,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "hl_abi.h"
+
 /* The guest's own entry: called once by the runtime after it has checked
  * the PEB and set up the buffers. Returning from it is the same as calling
  * hl32_halt_init(). */
@@ -22,14 +24,13 @@ void guest32_main(void);
 
 /* ---- host calls ---- */
 
-/* Raw host call statuses (docs/abi.md, "Raw host calls"); 6 is the guest's
- * own verdict on a malformed reply, as for typed calls. */
+/* Raw host call statuses: HL_RAW_* of hl_abi.h (docs/abi.md, "Raw host calls"). */
 enum {
-  HL32_RAW_OK = 0,
-  HL32_RAW_UNKNOWN_ID = 1,
-  HL32_RAW_RAISED = 2,
-  HL32_RAW_TOO_LARGE = 3,
-  HL32_RAW_MALFORMED = 6,
+  HL32_RAW_OK = HL_RAW_OK,
+  HL32_RAW_UNKNOWN_ID = HL_RAW_UNKNOWN_ID,
+  HL32_RAW_RAISED = HL_RAW_RAISED,
+  HL32_RAW_TOO_LARGE = HL_RAW_TOO_LARGE,
+  HL32_RAW_MALFORMED = HL_RAW_MALFORMED,
 };
 
 /* Calls the raw host function fn_id with the request bytes: pushes a

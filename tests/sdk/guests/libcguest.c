@@ -1,7 +1,12 @@
 /* A guest that uses the C library: stdio, stdlib, string, ctype, math,
- * setjmp, errno, time (tests/sdk/test_libc.py). */
+ * setjmp, errno, time, what fails without an OS (tests/sdk/test_libc.py). */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdio.h>
@@ -67,6 +72,63 @@ static hl_value errno_and_jumps(const hl_value *args) {
   return hl_i32(e * 1000 + j * 10 + up);
 }
 
+/* Operating-system features fail in the guest with errno = ENOSYS. */
+static hl_value no_os(const hl_value *args) {
+  (void)args;
+  int fails = 0;
+  errno = 0;
+  fails += fopen("/etc/passwd", "r") == NULL && errno == ENOSYS;
+  errno = 0;
+  fails += open("/x", O_RDONLY) == -1 && errno == ENOSYS;
+  errno = 0;
+  fails += socket(AF_INET, SOCK_STREAM, 0) == -1 && errno == ENOSYS;
+  errno = 0;
+  fails += fork() == -1 && errno == ENOSYS;
+  errno = 0;
+  fails += system("ls") == -1 && errno == ENOSYS;
+  errno = 0;
+  fails += remove("/x") == -1 && errno == ENOSYS;
+  pthread_t t;
+  fails += pthread_create(&t, NULL, NULL, NULL) == ENOSYS;
+  fails += getenv("HOME") == NULL;
+  return hl_i32(fails);
+}
+
+/* time(), clock_gettime() and clock() read the host's clocks. */
+static hl_value clocks(const hl_value *args) {
+  (void)args;
+  struct timespec mono;
+  if (clock_gettime(CLOCK_MONOTONIC, &mono) != 0) return hl_i64(-1);
+  if (clock() == (clock_t)-1) return hl_i64(-2);
+  struct timespec real;
+  clock_gettime(CLOCK_REALTIME, &real);
+  if (real.tv_sec != time(NULL) && real.tv_sec + 1 != time(NULL)) return hl_i64(-3);
+  return hl_i64((int64_t)real.tv_sec);
+}
+
+static hl_value call_exit(const hl_value *args) {
+  printf("unflushed before exit");
+  exit(args[0].i32);
+}
+
+static hl_value call_abort(const hl_value *args) {
+  (void)args;
+  abort();
+}
+
+static hl_value raw_syscall(const hl_value *args) {
+  long ret, nr = args[0].i32;
+  __asm__ volatile("syscall" : "=a"(ret) : "a"(nr) : "rcx", "r11", "memory");
+  return hl_i64(ret);
+}
+
+/* With -fstack-protector-strong this function checks its canary (at %fs:0x28). */
+static hl_value protected_copy(const hl_value *args) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%s", args[0].str);
+  return hl_str(buf);
+}
+
 void hyperlight_main(void) {
   static const hl_type p_fmt[] = {HL_I32, HL_F64, HL_STR};
   static const hl_type p_str[] = {HL_STR};
@@ -79,4 +141,11 @@ void hyperlight_main(void) {
   hl_register("SortBytes", sort_bytes, HL_BYTES, 1, p_bytes);
   hl_register("ErrnoAndJumps", errno_and_jumps, HL_I32, 0, NULL);
   hl_register("Echo", echo, HL_STR, 1, p_str);
+  static const hl_type p_i32[] = {HL_I32};
+  hl_register("NoOs", no_os, HL_I32, 0, NULL);
+  hl_register("Clocks", clocks, HL_I64, 0, NULL);
+  hl_register("Exit", call_exit, HL_VOID, 1, p_i32);
+  hl_register("Abort", call_abort, HL_VOID, 0, NULL);
+  hl_register("RawSyscall", raw_syscall, HL_I64, 1, p_i32);
+  hl_register("ProtectedCopy", protected_copy, HL_STR, 1, p_str);
 }
