@@ -25,20 +25,9 @@
 #include "lua.h"
 #include "lualib.h"
 
-/* ---- the clock: the host's, given to each Run ----
- * musl's time() and clock() would make a syscall, which the guest cannot; Lua's
- * core calls them only to seed math.random (reseeded by every Run) and to
- * randomise table.sort's pivot. */
-
-static double run_started_at; /* host time (seconds since the epoch) when Run started */
-
-long time(long *t) {
-  long now = (long)run_started_at;
-  if (t) *t = now;
-  return now;
-}
-
-long clock(void) { return 0; }
+/* The host's time when the current Run started (seconds since the epoch):
+ * os.time() without a host call. */
+static double run_started_at;
 
 unsigned int hl_lua_seed(void) { return (unsigned int)(hl_seed() ^ (hl_seed() >> 32)); }
 
