@@ -42,6 +42,11 @@ def test_non_utf8_string_is_bytes_and_big_integers(lua):
         [b"\xff\xfe", 2**63 - 1, -2**63, 2.0**63]
 
 
+def test_a_table_with_holes_is_a_dict(lua):
+    assert lua.run("return {1, nil, 3, x = 1}").value == {1: 1, 3: 3, "x": 1}
+    assert lua.run("local t = {1, 2, 3} t[2] = nil return t").value == {1: 1, 3: 3}
+
+
 def test_nested_tables(lua):
     assert lua.run("return {list = {1, {2, {3}}}, map = {k = {v = true}}}").value == \
         {"list": [1, [2, [3]]], "map": {"k": {"v": True}}}

@@ -104,6 +104,7 @@ def lua_source_dir() -> pathlib.Path:
     if all((dest / n).is_file() for n in wanted):
         return dest
     sdist = _fetch_sdist()
+    CACHE.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=CACHE))
     try:
         with tarfile.open(sdist, "r:gz") as tar:

@@ -186,7 +186,12 @@ static void encode(lua_State *L, bbuf *b, int idx, int depth) {
       count++;
       lua_pop(L, 1);
     }
+    /* A list when the keys are exactly 1..n: n keys, all of 1..n present. */
     int list = count > 0 && count == n;
+    for (lua_Unsigned i = 1; list && i <= n; i++) {
+      list = lua_rawgeti(L, idx, (lua_Integer)i) != LUA_TNIL;
+      lua_pop(L, 1);
+    }
     bb_u8(b, list ? T_LIST : T_DICT);
     bb_u32(b, (uint32_t)count);
     if (list) {
