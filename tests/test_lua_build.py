@@ -1,15 +1,17 @@
 """The lua guest's build (csrc/lua/build_lua.py): Lua's sources only from the pinned archive."""
 from __future__ import annotations
 
+import importlib.util
 import io
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "csrc"))
-from lua import build_lua  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "hlsandbox_build_lua", Path(__file__).resolve().parents[1] / "csrc" / "lua" / "build_lua.py")
+build_lua = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build_lua)
 
 
 @pytest.fixture
