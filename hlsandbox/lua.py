@@ -238,6 +238,7 @@ class LuaSandbox:
         self._tool_exception: Optional[BaseException] = None
         self._run_t0 = 0.0
         self._lock = threading.Lock()
+        self._running_in: Optional[int] = None  # the thread inside run(), to refuse re-entry from a tool
         u = UninitializedSandbox(guests.path("lua"), config)
         u.register("LuaToolNames", lambda: "\n".join(self._tools), params=(), returns=str)
         u.register("LuaTool", self._call_tool, params=(str, bytes), returns=bytes)
@@ -285,23 +286,36 @@ class LuaSandbox:
         if len(b) > self._code_limit:
             raise ValueError(f"the script has {len(b)} bytes; this sandbox takes up to {self._code_limit} "
                              "(raise SandboxConfiguration.input_data_size)")
+        self._refuse_reentry("run")
         with self._lock:  # one run at a time per interpreter
-            self._out = []
-            self._out_size = 0
-            self._tool_exception = None
-            sb = self._sb
-            t0 = self._run_t0 = time.perf_counter()
+            self._running_in = threading.get_ident()
             try:
-                raw = sb.call("Run", b, random.getrandbits(64), time.time(), self._result_limit,
-                              timeout=timeout, restore=self.fresh)
-            except BaseException:
-                # A timeout, kill, fault or Ctrl-C leaves the guest mid-run: back to the
-                # interpreter after start-up, so the next run works.
-                if sb.poisoned:
-                    sb.restore()
-                raise
-            elapsed = time.perf_counter() - t0
-            return self._result(raw, elapsed)
+                return self._run_locked(b, timeout)
+            finally:
+                self._running_in = None
+
+    def _refuse_reentry(self, what: str) -> None:
+        # A tool runs on the thread that holds the lock: waiting for it would hang.
+        if self._running_in == threading.get_ident():
+            raise HyperlightError(f"{what}() called during a run of the same LuaSandbox (from a tool?)")
+
+    def _run_locked(self, b: bytes, timeout: Optional[float]) -> LuaResult:
+        self._out = []
+        self._out_size = 0
+        self._tool_exception = None
+        sb = self._sb
+        t0 = self._run_t0 = time.perf_counter()
+        try:
+            raw = sb.call("Run", b, random.getrandbits(64), time.time(), self._result_limit,
+                          timeout=timeout, restore=self.fresh)
+        except BaseException:
+            # A timeout, kill, fault or Ctrl-C leaves the guest mid-run: back to the
+            # interpreter after start-up, so the next run works.
+            if sb.poisoned:
+                sb.restore()
+            raise
+        elapsed = time.perf_counter() - t0
+        return self._result(raw, elapsed)
 
     def _result(self, raw: bytes, elapsed: float) -> LuaResult:
         d = _Decoder(raw)
@@ -325,6 +339,7 @@ class LuaSandbox:
 
     def reset(self) -> None:
         """Puts the interpreter back to its state after start-up (forgets globals)."""
+        self._refuse_reentry("reset")
         with self._lock:
             self._sb.restore()
 
@@ -334,6 +349,7 @@ class LuaSandbox:
 
     def memory_used(self) -> int:
         """Bytes the interpreter holds after a full garbage collection."""
+        self._refuse_reentry("memory_used")
         with self._lock:
             return self._sb.call("Collect", restore=False)
 

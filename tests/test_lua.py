@@ -371,3 +371,17 @@ def test_ctrl_c_in_a_tool_leaves_the_sandbox_usable():
         with pytest.raises(KeyboardInterrupt):
             sb.run("tools.interrupt()")
         assert sb.run("return 5").value == 5
+
+
+def test_a_tool_cannot_reenter_its_own_sandbox():
+    box = {}
+    with hl.LuaSandbox(tools={"again": lambda: box["sb"].run("return 1").value}) as sb:
+        box["sb"] = sb
+        with pytest.raises(hl.LuaError, match="same LuaSandbox"):
+            sb.run("return tools.again()")
+        assert sb.run("return 2").value == 2
+
+
+def test_a_heap_too_small_for_lua_says_so():
+    with pytest.raises(hl.HyperlightError, match="heap"):
+        hl.LuaSandbox(heap_size="64Ki")
