@@ -74,7 +74,7 @@ class LuaSyntaxError(LuaError):
             self.line = int(parts[1])
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(slots=True)
 class LuaResult:
     """What a run returned: `values` (the chunk's return values, converted), `stdout`
     (what `print` wrote) and `elapsed` (seconds, the whole run() as the host saw it)."""
@@ -318,16 +318,22 @@ class LuaSandbox:
         return self._result(raw, elapsed)
 
     def _result(self, raw: bytes, elapsed: float) -> LuaResult:
-        d = _Decoder(raw)
-        status = d.u8()
-        self._out.append(d.raw())
-        stdout = b"".join(self._out).decode("utf-8", "replace")
+        if len(raw) < 5:
+            raise HyperlightError("malformed result from the lua guest (truncated)")
+        status = raw[0]
+        n_out = _I.unpack_from(raw, 1)[0]
+        if n_out > len(raw) - 5:
+            raise HyperlightError("malformed result from the lua guest (bad output length)")
+        d = _Decoder(raw, 5 + n_out)
+        tail = raw[5:5 + n_out]
+        if self._out:  # what print() flushed through LuaOut during the run comes first
+            tail = b"".join(self._out) + tail
+        stdout = tail.decode("utf-8", "replace") if tail else ""
         if status == _OK:
             n = d.u32()
             if n > len(raw):
                 raise HyperlightError("malformed result from the lua guest (bad count)")
-            values = [d.value() for _ in range(n)]
-            return LuaResult(values, stdout, elapsed)
+            return LuaResult([d.value() for _ in range(n)], stdout, elapsed)
         if status not in _KINDS:
             raise HyperlightError(f"malformed result from the lua guest (status {status})")
         message, tb = d.text(), d.text()
