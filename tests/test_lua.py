@@ -155,6 +155,14 @@ def test_a_tool_that_raises_is_a_lua_error_pcall_catches(lua):
         lua.run("return tools.bad()")
 
 
+def test_tool_values_too_large_for_the_buffers_are_lua_errors():
+    with hl.LuaSandbox(tools={"size": lambda s: len(s), "big": lambda: "y" * 200_000}) as sb:
+        with pytest.raises(hl.LuaError, match="does not fit"):
+            sb.run("return tools.size(string.rep('x', 100000))")
+        assert sb.run("return pcall(tools.big)").values[0] is False
+        assert sb.run("return tools.size(string.rep('x', 60000))").value == 60_000
+
+
 def test_unknown_tool_is_nil(lua):
     assert lua.run("return tools.nope").value is None
     with pytest.raises(hl.LuaError, match="nope"):
