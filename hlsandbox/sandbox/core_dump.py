@@ -27,8 +27,9 @@ stack, and rax from the stub's saved copy (the stub clobbers rax); the other
 general registers are untouched by the stub and come from KVM_GET_REGS. For an
 abort or an exit that is not a fault report (MMIO, bad port I/O...), the vCPU
 stopped in guest code and every register comes from KVM_GET_REGS. fs_base and
-gs_base are 0 and ds/es/fs/gs are reported as the stack selector, as set up
-by the host (the profile does not use them).
+gs_base are reported as 0 (a libc guest's real fs_base is its thread block,
+hl_tcb: docs/abi.md) and ds/es/fs/gs as the stack selector, as set up by the
+host.
 
 Everything read from guest memory is untrusted and only copied into the
 file; writing a dump never replaces the guest's exception: a failure is

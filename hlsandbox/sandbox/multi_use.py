@@ -59,6 +59,31 @@ class _GuestFunction:
         self.return_tag = ret
 
 
+FALLBACK = ""  # the function table's entry for a guest's fallback dispatcher (docs/abi.md)
+
+
+def _fallback_call(name: str, args: tuple) -> _GuestFunction:
+    """A call of a name the guest did not register, for its fallback: argument types
+    from the Python values, any result type."""
+    tags = []
+    for a in args:
+        if isinstance(a, bool):
+            tags.append(ValueType.BOOL)
+        elif isinstance(a, int):
+            tags.append(ValueType.I32 if -2**31 <= a < 2**31 else ValueType.I64 if a < 2**63 else ValueType.U64)
+        elif isinstance(a, float):
+            tags.append(ValueType.F64)
+        elif isinstance(a, str):
+            tags.append(ValueType.STR)
+        elif isinstance(a, (bytes, bytearray, memoryview)):
+            tags.append(ValueType.BYTES)
+        else:
+            raise TypeError(f"{name}: cannot pass {type(a).__name__} to a guest's fallback dispatcher")
+    fn = _GuestFunction(name, tuple(int(t) for t in tags), int(ValueType.VOID))
+    fn.return_tag = -1  # whatever the fallback returns
+    return fn
+
+
 class MultiUseSandbox:
     """A guest that has run its initialisation; call its functions with call().
 
@@ -126,7 +151,7 @@ class MultiUseSandbox:
     def _set_functions(self, table: list[tuple[str, tuple[int, ...], int]]) -> None:
         self._functions = {name: _GuestFunction(name, params, ret) for name, params, ret in table}
         self.functions: Mapping[str, Signature] = types.MappingProxyType(
-            {n: f.signature for n, f in self._functions.items()})
+            {n: f.signature for n, f in self._functions.items() if n != FALLBACK})
 
     def _set_functions_from(self, derived: "_SnapshotDerived") -> None:
         self._functions, self.functions = derived.functions, derived.function_view
@@ -221,6 +246,8 @@ class MultiUseSandbox:
         is restored to its state after initialisation once the call returns or fails,
         so every such call starts from a clean guest."""
         fn = self._functions.get(name)
+        if fn is None and FALLBACK in self._functions and name != FALLBACK:
+            fn = _fallback_call(name, args)
         if fn is None or self._closed or self._path.poisoned:
             self._refuse(name)
         restoring = restore or (restore is None and self._restore_after_call)
@@ -541,7 +568,8 @@ class _SnapshotDerived:
         self.restore_ranges = _u64_pairs(list(snap.copy_ranges) + L.copied_ranges())
         self.functions = {g.name: _GuestFunction(g.name, tuple(int(p) for p in g.params), int(g.returns))
                           for g in snap.guest_functions}
-        self.function_view = types.MappingProxyType({n: f.signature for n, f in self.functions.items()})
+        self.function_view = types.MappingProxyType(
+            {n: f.signature for n, f in self.functions.items() if n != FALLBACK})
         # The registry from_snapshot() built last, and from what: sandboxes created with the
         # same host functions share it (a from_snapshot registry is never changed).
         self.checked_registry: Optional[HostFunctionRegistry] = None

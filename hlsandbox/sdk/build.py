@@ -20,7 +20,7 @@ from typing import Iterable, Sequence, Union
 from ..errors import GuestBuildError
 
 PROFILES = ("amd64", "i686")
-API_NAMES = ("hlsandbox",)
+API_NAMES = ("hlsandbox", "hyperlight")  # hyperlight: amd64 only (hyperlight_guest.h)
 ZIG_VERSION = "0.17.0"  # pinned with the ziglang dependency in pyproject.toml
 
 PathLike = Union[str, os.PathLike]
@@ -43,6 +43,8 @@ def _check_profile_api(profile: str, api: str) -> None:
         raise ValueError(f"profile must be one of {', '.join(PROFILES)}, not {profile!r}")
     if api not in API_NAMES:
         raise ValueError(f"api must be one of {', '.join(API_NAMES)}, not {api!r}")
+    if api == "hyperlight" and profile != "amd64":
+        raise ValueError("Hyperlight's C API (api='hyperlight') is for amd64 guests")
 
 
 def include_dirs(profile: str = "amd64", api: str = "hlsandbox") -> list[str]:
@@ -52,12 +54,17 @@ def include_dirs(profile: str = "amd64", api: str = "hlsandbox") -> list[str]:
 
 
 def _sdk_include_dirs(profile: str, api: str) -> list[str]:
-    return [str(sdk_root() / profile), str(sdk_root() / "common")]
+    dirs = [str(sdk_root() / profile), str(sdk_root() / "common")]
+    if api == "hyperlight":
+        dirs.insert(0, str(sdk_root() / "hyperlight"))
+    return dirs
 
 
-def _runtime_sources(profile: str) -> list[pathlib.Path]:
+def _runtime_sources(profile: str, api: str) -> list[pathlib.Path]:
     d = sdk_root() / profile
     srcs = sorted(d.glob("*.S")) + sorted(d.glob("*.c"))
+    if api == "hyperlight":
+        srcs += sorted((sdk_root() / "hyperlight").glob("*.c"))
     if profile == "i686":  # the amd64 profile has musl's string functions
         srcs += sorted((sdk_root() / "common").glob("*.c"))
     return srcs
@@ -145,7 +152,7 @@ def build(sources: Union[PathLike, Sequence[PathLike]], output: PathLike, *, pro
         cmd.append(f"-D{d}")
     cmd += list(extra_cflags)
     tmp = out.with_name(out.name + ".tmp")
-    cmd += [*map(str, _runtime_sources(profile)), *map(str, srcs), "-o", str(tmp)]
+    cmd += [*map(str, _runtime_sources(profile, api)), *map(str, srcs), "-o", str(tmp)]
     try:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               stdin=subprocess.DEVNULL)

@@ -52,6 +52,11 @@ def test_malloc_qsort_bsearch_realloc_free(libc_sandbox):
         assert libc_sandbox.call("SortBytes", data) == bytes(sorted(data))
 
 
+def test_allocating_string_functions_use_the_guest_heap(libc_sandbox):
+    for _ in range(20):
+        assert libc_sandbox.call("Allocating", "abcdef") == "abcdef|abc|42"
+
+
 def test_errno_setjmp_and_ctype(libc_sandbox):
     # errno = ERANGE (34) from strtol through the thread block, longjmp value 7, ctype ok.
     assert libc_sandbox.call("ErrnoAndJumps") == 34 * 1000 + 7 * 10 + 1

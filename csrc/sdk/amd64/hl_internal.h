@@ -17,6 +17,9 @@
 
 _Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");
 
+/* Optional: an API layer's set-up, run before hyperlight_main (weak). */
+void hl_api_init(void) __attribute__((weak));
+
 /* ---- libc_glue.c: the C library's system ---- */
 
 /* Sets up the thread block the host points FS at; first thing at entry. */

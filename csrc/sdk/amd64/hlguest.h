@@ -55,6 +55,17 @@ typedef hl_value (*hl_guest_fn)(const hl_value *args);
 /* Registers a guest function; call from hyperlight_main(). */
 void hl_register(const char *name, hl_guest_fn fn, hl_type ret, int nparams, const hl_type *params);
 
+/* A fallback receives calls of names no hl_register() registered, with
+ * arguments of any types (argc, args; name is NUL-terminated), and may return
+ * a value of any type. To refuse a name: hl_fail(HL_ERR_FUNCTION_NOT_FOUND,
+ * ...) and return anything. The host lets such calls through only to a guest
+ * that registered a fallback (in hyperlight_main). */
+typedef hl_value (*hl_fallback_fn)(const char *name, uint16_t name_len, int argc, const hl_value *args);
+void hl_register_fallback(hl_fallback_fn fn);
+
+/* The name of the guest function running now (valid during a guest call). */
+const char *hl_current_function_name(void);
+
 /* Convenience constructors. */
 static inline hl_value hl_void(void) { hl_value v = {.type = HL_VOID}; return v; }
 static inline hl_value hl_i32(int32_t x) { hl_value v = {.type = HL_I32, .i32 = x}; return v; }

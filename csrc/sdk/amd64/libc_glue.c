@@ -160,3 +160,20 @@ void *malloc(size_t n) { return hl_malloc(n); }
 void *calloc(size_t n, size_t size) { return hl_calloc(n, size); }
 void *realloc(void *p, size_t n) { return hl_realloc(p, n); }
 void free(void *p) { hl_free(p); }
+
+/* zig's C library implements these with its own page allocator (mmap); the
+ * guest's come from the heap like every other allocation. */
+char *strdup(const char *s) {
+  size_t n = strlen(s) + 1;
+  char *d = hl_malloc(n);
+  return d ? memcpy(d, s, n) : NULL;
+}
+
+char *strndup(const char *s, size_t max) {
+  size_t n = strnlen(s, max);
+  char *d = hl_malloc(n + 1);
+  if (d == NULL) return NULL;
+  memcpy(d, s, n);
+  d[n] = '\0';
+  return d;
+}

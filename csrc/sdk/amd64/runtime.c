@@ -21,6 +21,12 @@ typedef struct {
 
 static hl_function *functions;
 static uint32_t function_count, function_capacity;
+static hl_fallback_fn fallback; /* for names not registered (hl_register_fallback) */
+static const char *current_name;  /* the running guest function's name */
+
+const char *hl_current_function_name(void) { return current_name; }
+
+void hl_register_fallback(hl_fallback_fn fn) { fallback = fn; }
 
 HL_HOT static hl_function *find_function(const char *name, uint64_t len) {
   for (uint32_t i = 0; i < function_count; i++) {
@@ -74,7 +80,13 @@ void hl_register(const char *name, hl_guest_fn fn, hl_type ret, int nparams, con
 static void push_function_table(void) {
   hl_writer w;
   hl_record_begin(&w, &hl_output_buffer, HL_REC_FUNCTION_TABLE);
-  hl_put_u16(&w, (uint16_t)function_count);
+  /* A fallback is announced as an entry with an empty name (docs/abi.md). */
+  hl_put_u16(&w, (uint16_t)(function_count + (fallback != NULL)));
+  if (fallback != NULL) {
+    hl_put_name(&w, "", 0);
+    hl_put_u8(&w, HL_VOID);
+    hl_put_u8(&w, 0);
+  }
   for (uint32_t i = 0; i < function_count; i++) {
     const hl_function *f = &functions[i];
     hl_put_name(&w, f->name, f->name_len);
@@ -191,6 +203,39 @@ HL_HOT static void send_result(const hl_function *f, const hl_value *result) {
   if (!hl_record_end(&w)) send_error(HL_ERR_GENERIC, "result too large for output buffer");
 }
 
+/* A call of an unregistered name, for the guest's fallback: arguments of any
+ * types, a result of any type. */
+static void run_fallback(hl_reader *r, const char *name, uint16_t name_len) {
+  hl_value args[HL_MAX_PARAMS];
+  uint8_t argc = hl_get_u8(r);
+  if (!r->ok || argc > HL_MAX_PARAMS) {
+    send_error(HL_ERR_MALFORMED, "malformed CALL record: bad argument count for the fallback");
+    return;
+  }
+  for (int i = 0; i < argc; i++) hl_get_value(r, &args[i]);
+  if (!hl_reader_done(r)) {
+    send_error(HL_ERR_MALFORMED, "malformed CALL record: bad argument encoding");
+    return;
+  }
+  reset_fail();
+  current_name = name;
+  hl_value result = fallback(name, name_len, argc, args);
+  hl_libc_after_call();
+  current_name = NULL;
+  if (call_failed) {
+    send_error(fail_code, fail_message ? fail_message : "guest function failed (message lost: out of heap)");
+  } else if ((unsigned)result.type > HL_BYTES ||
+             ((result.type == HL_STR || result.type == HL_BYTES) && result.bytes == NULL && result.len != 0)) {
+    send_error(HL_ERR_GENERIC, "the fallback returned an invalid value");
+  } else {
+    hl_writer w;
+    hl_record_begin(&w, &hl_output_buffer, HL_REC_RETURN);
+    hl_put_value(&w, &result);
+    if (!hl_record_end(&w)) send_error(HL_ERR_GENERIC, "result too large for output buffer");
+  }
+  reset_fail();
+}
+
 /* Decodes and runs one well-formed CALL record; pushes RETURN or ERROR. */
 HL_HOT static void run_call(const hl_record *rec) {
   hl_reader r;
@@ -202,6 +247,10 @@ HL_HOT static void run_call(const hl_record *rec) {
     return;
   }
   const hl_function *f = find_function(name, name_len);
+  if (f == NULL && fallback != NULL) {
+    run_fallback(&r, name, name_len);
+    return;
+  }
   if (f == NULL) {
     hl_msg m;
     hl_msg_init(&m);
@@ -214,6 +263,7 @@ HL_HOT static void run_call(const hl_record *rec) {
   if (!decode_args(&r, f, args)) return;
 
   reset_fail();
+  current_name = f->name;
   hl_value result = f->fn(args);
   hl_libc_after_call();
   if (call_failed)
@@ -287,6 +337,7 @@ void hl_init(const uint64_t *peb, uint64_t seed, uint64_t page_size, uint64_t mi
   hl_min_log_level = min_log_level > 6 ? 6 : (int)min_log_level;
   hl_heap_init((void *)(uintptr_t)peb[HL_PEB_HEAP_ADDR], peb[HL_PEB_HEAP_SIZE]);
 
+  if (hl_api_init != NULL) hl_api_init(); /* e.g. the Hyperlight C API layer */
   hyperlight_main();
   hl_libc_after_call();
   push_function_table();

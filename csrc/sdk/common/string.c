@@ -1,6 +1,6 @@
 /* string.c - the C library functions every freestanding guest needs (the
  * compiler also emits calls to memcpy/memset/memmove for struct copies),
- * shared by the amd64 SDK (csrc/sdk/amd64) and the i686 runtime (csrc/sdk/i686).
+ * compiled into i686 guests (amd64 guests have the C library's).
  *
  * The copy functions use `rep movsb`/`rep stosb`: native at CPL3 on amd64,
  * and handled by the kvm-pvm emulator for 32-bit code. Written as C loops,

@@ -67,12 +67,33 @@ uint32_t hl32_seed(void); /* the low 32 bits of the host's seed (ebx) */
 uint32_t hl32_page_size(void);
 uint32_t hl32_min_log_level(void);
 
-/* ---- freestanding helpers ---- */
+/* ---- freestanding helpers: strings and integer formatting (format32.c) ---- */
+
+#include <stdarg.h>
 
 void *memcpy(void *dst, const void *src, size_t n);
 void *memset(void *dst, int c, size_t n);
 int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
+void *memmove(void *dst, const void *src, size_t n);
+size_t strnlen(const char *s, size_t max);
+int strcmp(const char *a, const char *b);
+int strncmp(const char *a, const char *b, size_t n);
+char *strcpy(char *restrict d, const char *restrict s);
+char *strncpy(char *restrict d, const char *restrict s, size_t n);
+char *strcat(char *restrict d, const char *restrict s);
+char *strchr(const char *s, int c);
+char *strrchr(const char *s, int c);
+char *strstr(const char *h, const char *n);
+
+/* printf-style formatting of integers, characters, strings and pointers
+ * (flags - 0 #, width, precision, * and the h l ll z j t modifiers); no
+ * floating point: %f and other conversions are written out as they are.
+ * printf prints through hl32_print (at most 511 bytes a call). */
+int vsnprintf(char *restrict buf, size_t size, const char *restrict fmt, va_list ap);
+int snprintf(char *restrict buf, size_t size, const char *restrict fmt, ...) __attribute__((format(printf, 3, 4)));
+int printf(const char *restrict fmt, ...) __attribute__((format(printf, 1, 2)));
+int puts(const char *s);
 
 /* Formats v in decimal into buf (at least 11 bytes); returns buf. */
 char *hl32_utoa(uint32_t v, char *buf);

@@ -1,5 +1,6 @@
 /* A guest that uses the C library: stdio, stdlib, string, ctype, math,
  * setjmp, errno, time, what fails without an OS (tests/sdk/test_libc.py). */
+#define _GNU_SOURCE /* asprintf */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -129,6 +130,20 @@ static hl_value protected_copy(const hl_value *args) {
   return hl_str(buf);
 }
 
+/* Functions that allocate: strdup, strndup, asprintf, open_memstream. */
+static hl_value allocating(const hl_value *args) {
+  char *a = strdup(args[0].str);
+  char *b = strndup(args[0].str, 3);
+  char *c = NULL;
+  if (asprintf(&c, "%s|%s|%d", a, b, 42) < 0) return hl_str("asprintf failed");
+  static char keep[256];
+  snprintf(keep, sizeof keep, "%s", c);
+  free(a);
+  free(b);
+  free(c);
+  return hl_str(keep);
+}
+
 void hyperlight_main(void) {
   static const hl_type p_fmt[] = {HL_I32, HL_F64, HL_STR};
   static const hl_type p_str[] = {HL_STR};
@@ -143,6 +158,7 @@ void hyperlight_main(void) {
   hl_register("Echo", echo, HL_STR, 1, p_str);
   static const hl_type p_i32[] = {HL_I32};
   hl_register("NoOs", no_os, HL_I32, 0, NULL);
+  hl_register("Allocating", allocating, HL_STR, 1, p_str);
   hl_register("Clocks", clocks, HL_I64, 0, NULL);
   hl_register("Exit", call_exit, HL_VOID, 1, p_i32);
   hl_register("Abort", call_abort, HL_VOID, 0, NULL);
