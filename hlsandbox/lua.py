@@ -241,6 +241,7 @@ class LuaSandbox:
         self._running_in: Optional[int] = None  # the thread inside run(), to refuse re-entry from a tool
         u = UninitializedSandbox(guests.path("lua"), config)
         u.register("LuaToolNames", lambda: "\n".join(self._tools), params=(), returns=str)
+        u.register("LuaBufferSize", lambda: config.output_data_size, params=(), returns=ValueType.U32)
         u.register("LuaTool", self._call_tool, params=(str, bytes), returns=bytes)
         u.register("LuaOut", self._write, params=(bytes,), returns=None)
         u.register("LuaClock", lambda: time.perf_counter() - self._run_t0, params=(), returns=ValueType.F64)

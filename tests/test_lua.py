@@ -157,7 +157,7 @@ def test_a_tool_that_raises_is_a_lua_error_pcall_catches(lua):
 
 def test_tool_values_too_large_for_the_buffers_are_lua_errors():
     with hl.LuaSandbox(tools={"size": lambda s: len(s), "big": lambda: "y" * 200_000}) as sb:
-        with pytest.raises(hl.LuaError, match="does not fit"):
+        with pytest.raises(hl.LuaError, match="does not fit|too large"):
             sb.run("return tools.size(string.rep('x', 100000))")
         assert sb.run("return pcall(tools.big)").values[0] is False
         assert sb.run("return tools.size(string.rep('x', 60000))").value == 60_000

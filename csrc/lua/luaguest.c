@@ -58,7 +58,18 @@ static void *small_get(unsigned c) {
   size_t n = (size_t)c * GRAIN;
   if ((size_t)(bump_end - bump) < n) {
     char *chunk = hl_malloc(CHUNK);
-    if (!chunk) return NULL;
+    if (!chunk) {
+      /* The heap is full: take a free block of a bigger class (its tail is
+       * wasted until it is freed as the smaller class). */
+      for (unsigned b = c + 1; b <= NCLASS; b++) {
+        if (free_small[b]) {
+          p = free_small[b];
+          free_small[b] = *(void **)p;
+          return p;
+        }
+      }
+      return NULL;
+    }
     /* The tail of the old chunk goes to the free lists it fits. */
     while (bump_end - bump >= GRAIN) {
       unsigned tc = size_class((size_t)(bump_end - bump) + 1) - 1;
@@ -546,17 +557,16 @@ static int panic(lua_State *L) {
   hl_abort(1, msg ? msg : "lua panic");
 }
 
-static hl_value Init(uint64_t heap_reserve);
+static void Init(void);
 
 void hyperlight_main(void) {
   static const hl_type run_params[] = {HL_BYTES, HL_U64, HL_F64, HL_U32};
   hl_register("Run", Run, HL_BYTES, 4, run_params);
   hl_register("Collect", Collect, HL_I64, 0, NULL);
-  Init(0);
+  Init();
 }
 
 #define OUT_CAP (8 * 1024)
-#define RESULT_CAP (4u << 20)
 
 static uint8_t *alloc_or_abort(size_t n) {
   uint8_t *p = hl_malloc(n);
@@ -564,8 +574,7 @@ static uint8_t *alloc_or_abort(size_t n) {
   return p;
 }
 
-static hl_value Init(uint64_t heap_reserve) {
-  (void)heap_reserve;
+static void Init(void) {
   /* Probe the heap size: the largest block hl_malloc gives (binary search). */
   size_t lo = 0, hi = (size_t)1 << 36;
   while (hi - lo > 4096) {
@@ -578,7 +587,12 @@ static hl_value Init(uint64_t heap_reserve) {
       hi = mid;
     }
   }
-  size_t rcap = lo / 8 < RESULT_CAP ? lo / 8 : RESULT_CAP;
+  /* The result and a tool call's arguments travel in the output buffer: no
+   * need for more room than it has (LuaBufferSize: the host's output_data_size). */
+  hl_value bs;
+  size_t rcap = 64 * 1024;
+  if (hl_call_host("LuaBufferSize", HL_U32, 0, NULL, &bs) == 0 && bs.type == HL_U32) rcap = bs.u32;
+  if (rcap > lo / 8) rcap = lo / 8;
   out = (bbuf){alloc_or_abort(OUT_CAP), 0, OUT_CAP, 0};
   result = (bbuf){alloc_or_abort(rcap), 0, (uint32_t)rcap, 0};
   result_alloc = (uint32_t)rcap;
@@ -591,5 +605,4 @@ static hl_value Init(uint64_t heap_reserve) {
   lua_pushcfunction(L0, open_sandbox);
   if (lua_pcall(L0, 0, 0, 0) != LUA_OK) hl_abort(1, lua_tostring(L0, -1));
   lua_gc(L0, LUA_GCCOLLECT, 0);
-  return hl_void();
 }
