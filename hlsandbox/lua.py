@@ -215,7 +215,8 @@ class LuaSandbox:
     (arguments and results converted like run()'s values; an exception in a tool is a
     Lua error the script may catch with pcall). `heap_size` is the script's memory
     (out of memory is a LuaError "not enough memory"); `config` replaces the whole
-    SandboxConfiguration (then heap_size is ignored). With `fresh=True` every run()
+    SandboxConfiguration (then heap_size is ignored; keep stack_size at 1 MiB or more, which
+    Lua's limit of about 200 nested C calls assumes). With `fresh=True` every run()
     starts from the interpreter's state after start-up; with `fresh=False` globals
     persist between runs until reset(). A time limit, kill() or a fault also reset
     the interpreter. `max_output` bounds what print() may write in one run."""
