@@ -15,6 +15,8 @@ from setuptools.command.build_py import build_py
 HERE = Path(__file__).resolve().parent
 SDK_SOURCES = HERE / "csrc" / "sdk"
 BUNDLED_GUESTS = HERE / "csrc" / "guests"
+sys.path.insert(0, str(HERE / "csrc"))
+from lua.build_lua import build_lua_guest  # noqa: E402  (Lua from a pinned sdist, then sdk.build)
 
 ABI_HEADER_DIR = "csrc/sdk/common"  # hl_abi.h, read by hlsandbox/abi.pxd
 
@@ -100,6 +102,7 @@ class BuildExtAndGuests(build_ext):
         in_source = self.inplace or getattr(self, "editable_mode", False)
         root = HERE if in_source else Path(self.build_lib)
         build_bundled_guests(root / "hlsandbox" / "guests" / "bin")
+        build_lua_guest(root / "hlsandbox" / "guests" / "bin", _sdk_module())
 
 
 setup(
