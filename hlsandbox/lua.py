@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Optional, Union
 
 from . import guests
-from .errors import HyperlightError
+from .errors import HyperlightError, LuaError, LuaSyntaxError
 from .func.types import ValueType
 from .sandbox.config import SandboxConfiguration
 from .sandbox.multi_use import MultiUseSandbox
@@ -42,36 +42,6 @@ _MAX_DEPTH = 100
 _RECORD_OVERHEAD = 64
 
 DEFAULT_MAX_OUTPUT = 1 << 20
-
-
-class LuaError(HyperlightError):
-    """A Lua script failed: a runtime error (`kind` "runtime", with Lua's `traceback`),
-    a syntax error ("syntax"), out of memory ("memory": the message is Lua's
-    "not enough memory") or return values with no Python form ("conversion").
-    `stdout` holds what the script printed before it failed."""
-
-    def __init__(self, message: str, traceback: str = "", kind: str = "runtime", stdout: str = "") -> None:
-        super().__init__(message if not traceback else f"{message}\n{traceback}")
-        self.message = message
-        self.traceback = traceback
-        self.kind = kind
-        self.stdout = stdout
-
-    def __reduce__(self) -> Any:
-        return (type(self), (self.message, self.traceback, self.kind, self.stdout))
-
-
-class LuaSyntaxError(LuaError):
-    """The script does not compile; `line` is the line Lua names (or None)."""
-
-    def __init__(self, message: str, traceback: str = "", kind: str = "syntax", stdout: str = "") -> None:
-        super().__init__(message if message.startswith("syntax error") else f"syntax error: {message}",
-                         traceback, kind, stdout)
-        self.line: Optional[int] = None
-        # Lua's form: "script:LINE: what" (the chunk is named "script").
-        parts = message.split(":", 2)
-        if len(parts) == 3 and parts[1].strip().isdigit():
-            self.line = int(parts[1])
 
 
 @dataclasses.dataclass(slots=True)
