@@ -1,6 +1,7 @@
 """Build: Cython extensions for the hot paths, the guest SDK into the package, and the
 bundled guests through hlsandbox.sdk.build (the one build path for guests)."""
 import importlib
+import os
 import shutil
 import sys
 import types
@@ -14,6 +15,8 @@ from setuptools.command.build_py import build_py
 HERE = Path(__file__).resolve().parent
 SDK_SOURCES = HERE / "csrc" / "sdk"
 BUNDLED_GUESTS = HERE / "csrc" / "guests"
+sys.path.insert(0, str(HERE / "csrc"))
+from lua.build_lua import build_lua_guest  # noqa: E402  (Lua from a pinned sdist, then sdk.build)
 
 ABI_HEADER_DIR = "csrc/sdk/common"  # hl_abi.h, read by hlsandbox/abi.pxd
 
@@ -89,11 +92,17 @@ class BuildPyWithSdk(build_py):
 class BuildExtAndGuests(build_ext):
     """Builds the extensions, then the bundled guests into hlsandbox/guests/bin."""
 
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if not self.parallel:  # the extensions compile independently
+            self.parallel = os.cpu_count() or 1
+
     def run(self) -> None:
         super().run()
         in_source = self.inplace or getattr(self, "editable_mode", False)
         root = HERE if in_source else Path(self.build_lib)
         build_bundled_guests(root / "hlsandbox" / "guests" / "bin")
+        build_lua_guest(root / "hlsandbox" / "guests" / "bin", _sdk_module())
 
 
 setup(

@@ -15,6 +15,7 @@ from .errors import (ArgumentTooLarge, ExecutionCanceled, ExecutionTimeout, Gues
                      PoisonedSandbox, PoolExhausted, SandboxBusy, SandboxClosed, SnapshotClosed, SnapshotMismatch,
                      StackOverflow, UsedAfterFork, WriterError)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
+from .lua import LuaError, LuaResult, LuaSandbox, LuaSandboxPool, LuaSyntaxError
 from .mem.elf import GuestBinary
 from .mem.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
@@ -31,9 +32,10 @@ __all__ = [
     "GuestBinaryNotFound", "GuestBuildError", "GuestEmulationFailure", "GuestError", "GuestFault",
     "GuestFunctionNotFound", "GuestFunctionParameterTypeMismatch", "GuestProtocolError", "HostFunctionError",
     "HostFunctionNotFound", "HotMode", "HyperlightError", "InterruptHandle", "InvalidConfiguration",
-    "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "MemoryAccessViolation", "MultiUseSandbox",
-    "OutOfFileDescriptors", "PoisonedSandbox", "PoolExhausted", "PoolStats", "SandboxBusy", "SandboxClosed",
-    "SandboxConfiguration", "SandboxPool",
-    "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch", "StackOverflow", "UninitializedSandbox",
-    "UsedAfterFork", "ValueType", "WriterError", "f32", "f64", "guests", "i32", "i64", "u32", "u64",
+    "InvalidGuestBinary", "InvalidSnapshot", "KvmUnavailable", "LuaError", "LuaResult", "LuaSandbox",
+    "LuaSandboxPool", "LuaSyntaxError", "MemoryAccessViolation", "MultiUseSandbox", "OutOfFileDescriptors",
+    "PoisonedSandbox", "PoolExhausted", "PoolStats", "SandboxBusy", "SandboxClosed", "SandboxConfiguration",
+    "SandboxPool", "Signature", "Snapshot", "SnapshotClosed", "SnapshotMismatch", "StackOverflow",
+    "UninitializedSandbox", "UsedAfterFork", "ValueType", "WriterError", "f32", "f64", "guests", "i32", "i64",
+    "u32", "u64",
 ]

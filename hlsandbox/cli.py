@@ -1,5 +1,5 @@
 """Command line: `python3 -m hlsandbox demo`, `python3 -m hlsandbox call GUEST FUNCTION ARGS...`,
-`python3 -m hlsandbox functions GUEST`, `python3 -m hlsandbox build SOURCES... -o OUT.elf`
+`python3 -m hlsandbox functions GUEST`, `python3 -m hlsandbox build SOURCES... -o OUT.elf`, `python3 -m hlsandbox lua`
 (docs/guests.md); `--version`.
 
 Each subcommand is one `add_*` function in COMMANDS: it adds its parser and sets `func`."""
@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from . import __version__, guests
+from . import __version__, guests, lua_cli
 from .errors import ExecutionTimeout, HyperlightError
 from .func.types import ValueType
 from .sandbox.config import SandboxConfiguration
@@ -159,7 +159,7 @@ def add_build(sub: Any) -> None:
     b.set_defaults(func=build)
 
 
-COMMANDS: list[Callable[[Any], None]] = [add_demo, add_call, add_functions, add_build]
+COMMANDS: list[Callable[[Any], None]] = [add_demo, add_call, add_functions, add_build, lua_cli.add_parser]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

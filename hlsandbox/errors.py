@@ -1,6 +1,8 @@
 """The exception hierarchy: everything hlsandbox raises derives from HyperlightError."""
 from __future__ import annotations
 
+from typing import Optional
+
 
 def _rebuild(cls: type, args: tuple, state: dict) -> "HyperlightError":
     """Unpickles an hlsandbox error without calling its __init__ (whose parameters differ
@@ -183,12 +185,36 @@ class GuestBuildError(HyperlightError):
         super().__init__(message)
         self.output = output
 
-    def __reduce__(self):
-        return type(self), (self.args[0], self.output)
-
 
 class SnapshotClosed(HyperlightError, ValueError):
     """The snapshot was closed (Snapshot.close() or the end of its `with` block)."""
+
+
+class LuaError(HyperlightError):
+    """A Lua script failed: a runtime error (`kind` "runtime", with Lua's `traceback`),
+    a syntax error ("syntax"), out of memory ("memory": the message is Lua's
+    "not enough memory") or return values with no Python form ("conversion").
+    `stdout` holds what the script printed before it failed."""
+
+    def __init__(self, message: str, traceback: str = "", kind: str = "runtime", stdout: str = "") -> None:
+        super().__init__(message if not traceback else f"{message}\n{traceback}")
+        self.message = message
+        self.traceback = traceback
+        self.kind = kind
+        self.stdout = stdout
+
+
+class LuaSyntaxError(LuaError):
+    """The script does not compile; `line` is the line Lua names (or None)."""
+
+    def __init__(self, message: str, traceback: str = "", kind: str = "syntax", stdout: str = "") -> None:
+        super().__init__(message if message.startswith("syntax error") else f"syntax error: {message}",
+                         traceback, kind, stdout)
+        self.line: Optional[int] = None
+        # Lua's form: "script:LINE: what" (the chunk is named "script").
+        parts = message.split(":", 2)
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            self.line = int(parts[1])
 
 
 class PoolExhausted(HyperlightError, TimeoutError):

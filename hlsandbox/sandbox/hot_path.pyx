@@ -230,7 +230,12 @@ cdef class HotPath:
             raise UsedAfterFork("a hot sandbox cannot be used in a forked child (its vCPU thread is in the parent)")
         cdef uint64_t generation = self.vm.begin_c(wait)
         self.vm.signal_thread = self.tid
-        if self.cold.poisoned:  # by the call this one waited for
+        return generation
+
+    cdef uint64_t _begin_call(self, double wait) except 0:
+        """begin() for a guest call, which a sandbox poisoned by the call it waited for refuses."""
+        cdef uint64_t generation = self.begin(wait)
+        if self.cold.poisoned:
             self.vm.end_c()
             raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
         return generation
@@ -239,7 +244,7 @@ cdef class HotPath:
         self.vm.end_c()
 
     def call(self, bytes name, tuple tags, int ret_tag, tuple args, double wait=-2.0):
-        cdef uint64_t generation = self.begin(wait)
+        cdef uint64_t generation = self._begin_call(wait)
         try:
             self.input.push_call_c(name, tags, args)
             self.output.clear()
@@ -250,7 +255,7 @@ cdef class HotPath:
 
     def call_restoring(self, bytes name, tuple tags, int ret_tag, tuple args, plan, double wait=-2.0):
         """call(), then the restore `plan` (which needs the guest parked: one exit)."""
-        cdef uint64_t generation = self.begin(wait)
+        cdef uint64_t generation = self._begin_call(wait)
         try:
             self.input.push_call_c(name, tags, args)
             self.output.clear()

@@ -16,7 +16,7 @@ from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature, ValueType
 from ..func.wire import RecordStack
 from ..hypervisor import kvm
-from ..abi import RecordKind
+from ..abi import ErrorCode, RawStatus, RecordKind
 from ..mem.builder import build_guest_memory, thread_pointer
 from ..mem.elf import GuestBinary
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
@@ -39,6 +39,8 @@ from .watchdog import WATCHDOG
 
 GUEST_LOGGER = logging.getLogger("hlsandbox.guest")
 RAW_CALL_KIND = int(RecordKind.RAW_CALL)
+ERR_HOST_FUNCTION = int(ErrorCode.HOST_FUNCTION)
+ERR_HOST_FUNCTION_NOT_FOUND = int(ErrorCode.HOST_FUNCTION_NOT_FOUND)
 TRACE = PY_LEVELS[0]
 logging.addLevelName(TRACE, "TRACE")
 
@@ -504,25 +506,25 @@ class MultiUseSandbox:
         name, args, tags = self._output.pop_call()
         hf = self._host_functions.get(name)
         if hf is None:
-            self._input.push_error(5, f"host function {name!r} is not registered")
+            self._input.push_error(ERR_HOST_FUNCTION_NOT_FOUND, f"host function {name!r} is not registered")
             return
         if tags != hf.param_tags:
             got = ", ".join(str(ValueType(t)) for t in tags)
-            self._input.push_error(5, f"host function {hf.signature} called with ({got})")
+            self._input.push_error(ERR_HOST_FUNCTION_NOT_FOUND, f"host function {hf.signature} called with ({got})")
             return
         try:
             result = hf.fn(*args)
         except Exception as e:  # reaches the guest as an error; BaseException propagates
             self._last_host_exception = e
-            self._input.push_error(4, str(e) or type(e).__name__)
+            self._input.push_error(ERR_HOST_FUNCTION, str(e) or type(e).__name__)
             return
         try:
             fits = self._input.push_return(hf.return_tag, result, f"host function {name} result")
         except GuestFunctionParameterTypeMismatch as e:
-            self._input.push_error(4, str(e))
+            self._input.push_error(ERR_HOST_FUNCTION, str(e))
             return
         if not fits:
-            self._input.push_error(4, f"host function {name} result does not fit the input buffer")
+            self._input.push_error(ERR_HOST_FUNCTION, f"host function {name} result does not fit the input buffer")
 
     def _raw_host_call(self) -> None:
         """A RAW_CALL: the request is passed as a read-only view of a copy of its bytes; the
@@ -530,7 +532,7 @@ class MultiUseSandbox:
         fn_id, offset, length = self._output.pop_raw_call()
         fn = self._host_functions.get_raw(fn_id)
         if fn is None:
-            self._push_raw(1, f"no raw host function {fn_id}".encode())
+            self._push_raw(RawStatus.UNKNOWN_ID, f"no raw host function {fn_id}".encode())
             return
         start = self.layout.host(self.layout.output_gpa) + offset
         # A read-only view of a copy: nothing the function keeps can alias guest memory.
@@ -548,13 +550,13 @@ class MultiUseSandbox:
                 data = data.tobytes()
         except Exception as e:  # reaches the guest as status 2; BaseException propagates
             self._last_host_exception = e
-            self._push_raw(2, (str(e) or type(e).__name__).encode("utf-8", "replace"))
+            self._push_raw(RawStatus.RAISED, (str(e) or type(e).__name__).encode("utf-8", "replace"))
             return
-        self._push_raw(0, data)
+        self._push_raw(RawStatus.OK, data)
 
     def _push_raw(self, status: int, data: bytes) -> None:
         if not self._input.push_raw_result(status, data):
-            if not self._input.push_raw_result(3, b""):
+            if not self._input.push_raw_result(RawStatus.TOO_LARGE, b""):
                 raise GuestProtocolError("input buffer: no room for a raw host call result")
 
     def _log(self) -> None:

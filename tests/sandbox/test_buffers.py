@@ -91,3 +91,11 @@ def test_a_raw_host_function_may_return_any_buffer():
     with u.evolve() as s:
         for fn_id, value in results.items():
             assert s.call("CallRawHost", fn_id, b"") == bytes(memoryview(value).tobytes())
+
+
+def test_buffers_and_out_in_hot_mode():
+    with hl.UninitializedSandbox(SIMPLE).evolve() as s, s.hot(spin=0.001):
+        a = np.arange(64, dtype=np.int64)
+        out = np.zeros_like(a)
+        assert s.call("EchoBytes", a, out=out) == a.nbytes and np.array_equal(out, a)
+        assert s.call("EchoBytes", a[::2], timeout=10) == a[::2].tobytes()
