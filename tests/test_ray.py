@@ -98,6 +98,20 @@ def test_guest_errors_arrive_as_hlsandbox_exceptions(pool):
     assert all(s.replacements == 0 and s.size == 1 for s in pool.stats())
 
 
+def test_every_hlsandbox_exception_crosses_ray(cluster):
+    from test_errors import EXAMPLES  # one instance of every public exception class
+
+    @ray.remote(num_cpus=0)
+    def throw(exc):
+        raise exc
+    for exc in EXAMPLES:
+        with pytest.raises(ray.exceptions.RayTaskError) as ei:
+            ray.get(throw.remote(exc), timeout=WAIT)
+        assert isinstance(ei.value, type(exc))
+        assert type(ei.value.cause) is type(exc) and str(ei.value.cause) == str(exc)
+        assert ei.value.cause.__dict__ == exc.__dict__
+
+
 def test_bounded_wait_raises_timeout_error(pool):
     with pytest.raises(TimeoutError):  # ray.exceptions.GetTimeoutError
         pool.call("Sum", SLOW_N, wait=0.05, timeout=2)
