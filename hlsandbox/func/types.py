@@ -73,6 +73,11 @@ def to_value_type(t: Any) -> ValueType:
 _BY_NAME = {name: vt for vt, name in _NAMES.items()}
 
 
+# A guest's function table announces a fallback dispatcher (docs/abi.md) with one entry
+# of this name, void and without parameters.
+FALLBACK = ""
+
+
 class Signature:
     """A function's parameter and return types."""
 
@@ -92,3 +97,8 @@ class Signature:
 
     def __hash__(self) -> int:
         return hash((self.name, self.params, self.returns))
+
+
+def is_fallback_entry(name: str, params: tuple, returns: int) -> bool:
+    """Whether a function-table entry is the fallback's: the empty name, void, no parameters."""
+    return name == FALLBACK and not params and returns == ValueType.VOID

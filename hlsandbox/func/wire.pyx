@@ -502,6 +502,9 @@ cdef class RecordStack:
                     raise GuestProtocolError(f"function table: {name} uses unknown type tag {t}")
             if any(t == T_VOID for t in params):
                 raise GuestProtocolError(f"function table: {name} has a void parameter")
+            if not name and (ret != T_VOID or nparams):  # the fallback's entry (docs/abi.md)
+                raise GuestProtocolError("function table: the entry with an empty name (a fallback "
+                                         "dispatcher) must be void without parameters")
             out.append((name, params, ret))
         r.done()
         return out

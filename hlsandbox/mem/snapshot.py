@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..errors import InvalidSnapshot, SnapshotClosed, SnapshotMismatch
-from ..func.types import Signature, ValueType
+from ..func.types import Signature, ValueType, is_fallback_entry
 from ..hypervisor.vcpu_state import STATE_SIZE, Expected, state_problems
 from .layout import PAGE, TSS_SIZE, SandboxMemoryLayout
 from .shared_memory import SharedMemory, nonzero_pages
@@ -71,7 +71,9 @@ def _sig_list(sigs: Iterable[Signature]) -> list:
     return [[s.name, [int(p) for p in s.params], int(s.returns)] for s in sigs]
 
 
-def _parse_sigs(items: Any, what: str) -> list[Signature]:
+def _parse_sigs(items: Any, what: str, *, fallback: bool = False) -> list[Signature]:
+    """Signatures from a snapshot file's metadata. With `fallback` (guest functions), one
+    entry may be a fallback dispatcher's: the empty name, void, no parameters."""
     if not isinstance(items, list):
         raise InvalidSnapshot(f"{what}: not a list")
     out = []
@@ -79,8 +81,10 @@ def _parse_sigs(items: Any, what: str) -> list[Signature]:
     for it in items:
         try:
             name, params, ret = it
-            if not _valid_name(name) or not isinstance(params, list) or len(params) > 255 or \
+            if not isinstance(params, list) or len(params) > 255 or \
                     not all(type(t) is int for t in params + [ret]):
+                raise ValueError
+            if not _valid_name(name) and not (fallback and is_fallback_entry(name, params, ret)):
                 raise ValueError
             sig = Signature(name, tuple(ValueType(p) for p in params), ValueType(ret))
             if any(p == ValueType.VOID for p in sig.params):
@@ -286,7 +290,8 @@ class Snapshot:
             raise InvalidSnapshot(f"{path}: raw host function ids are invalid")
         snap = cls(fd=fd, offset=header_size, layout=layout, vcpu_state=state,
                    host_functions=_parse_sigs(meta.get("host_functions"), f"{path}: host functions"),
-                   guest_functions=_parse_sigs(meta.get("guest_functions"), f"{path}: guest functions"),
+                   guest_functions=_parse_sigs(meta.get("guest_functions"), f"{path}: guest functions",
+                                               fallback=True),
                    copy_ranges=[tuple(r) for r in ranges], raw_host_functions=raw, path=path)
         with memoryview(snap.image) as image:
             ok = memory_checksum(image, data_extents(fd, size, header_size)) == crc

@@ -13,7 +13,7 @@ from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestEr
                       HostFunctionError, HyperlightError, PoisonedSandbox, SandboxClosed, SnapshotMismatch,
                       UsedAfterFork, WriterError)
 from ..func.host_functions import HostFunctionRegistry
-from ..func.types import Signature, ValueType
+from ..func.types import FALLBACK, Signature, ValueType
 from ..func.wire import RecordStack
 from ..hypervisor import kvm
 from ..abi import ErrorCode, RawStatus, RecordKind
@@ -60,7 +60,6 @@ class _GuestFunction:
         self.return_tag = ret
 
 
-FALLBACK = ""  # the function table's entry for a guest's fallback dispatcher (docs/abi.md)
 
 
 def _fallback_call(name: str, args: tuple) -> _GuestFunction:

@@ -65,8 +65,7 @@ def _runtime_sources(profile: str, api: str) -> list[pathlib.Path]:
     srcs = sorted(d.glob("*.S")) + sorted(d.glob("*.c"))
     if api == "hyperlight":
         srcs += sorted((sdk_root() / "hyperlight").glob("*.c"))
-    if profile == "i686":  # the amd64 profile has musl's string functions
-        srcs += sorted((sdk_root() / "common").glob("*.c"))
+    srcs += sorted((sdk_root() / "common").glob("*.c"))  # records.c: the wire format, both profiles
     return srcs
 
 

@@ -413,6 +413,18 @@ def test_pop_function_table(buf):
     assert buf.top == 8
 
 
+def test_pop_function_table_with_a_fallback(buf):
+    buf.put((FUNCTION_TABLE, struct.pack("<H", 2) + name_("") + bytes([VOID, 0]) + name_("Echo") + bytes([STR, 1, STR])))
+    assert buf.stack.pop_function_table() == [("", (), VOID), ("Echo", (STR,), STR)]
+
+
+@pytest.mark.parametrize("entry", [bytes([VOID, 1, I32]), bytes([I32, 0])])
+def test_pop_function_table_refuses_a_fallback_entry_with_a_signature(buf, entry):
+    buf.put((FUNCTION_TABLE, struct.pack("<H", 1) + name_("") + entry))
+    with pytest.raises(hl.GuestProtocolError, match="empty name"):
+        buf.stack.pop_function_table()
+
+
 def test_pop_empty_function_table(buf):
     buf.put((FUNCTION_TABLE, struct.pack("<H", 0)))
     assert buf.stack.pop_function_table() == []

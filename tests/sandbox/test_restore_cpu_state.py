@@ -50,6 +50,9 @@ def as_if_the_guest_wrote(state: bytes) -> bytes:
     return bytes(out)
 
 
+GUEST_DR0 = 0xFFFFF000  # nanvixlike's breakpoint address (outside its memory: never hit)
+
+
 def i686_sandbox(counter: int = 0) -> hl.MultiUseSandbox:
     """nanvixlike; with the counter at 0x5E75 its init sets IA32_SYSENTER_* and DR0/DR7."""
     u = hl.UninitializedSandbox(hl.guests.path("nanvixlike"), writer=io.StringIO())
@@ -85,7 +88,7 @@ def test_i686_guest_written_msrs_and_debug_registers_are_restored():
     with i686_sandbox() as clean, i686_sandbox(0x5E75) as wrote:
         written = wrote._vm.save_state()
         assert [msrs(written)[i] for i in SYSENTER] == [0x8, 0x12345, 0x6789A]  # the guest's wrmsr
-        assert debugregs(written)[0] == 0x101000 and debugregs(written)[5] == 0x401  # its mov to DR0, DR7
+        assert debugregs(written)[0] == GUEST_DR0 and debugregs(written)[5] == 0x401  # its mov to DR0, DR7
         want = clean.snapshot().vcpu_state
         wrote.restore(clean.snapshot())
         got = wrote._vm.save_state()

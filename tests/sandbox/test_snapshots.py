@@ -376,6 +376,11 @@ def rewrite_metadata(path, edit):
     (lambda m: m["layout"].pop("heap_size"), hl.InvalidSnapshot, "layout fields"),
     (lambda m: m.update(host_functions=[["HostAdd", [99], 1]]), hl.InvalidSnapshot, "host functions"),
     (lambda m: m.update(guest_functions="nope"), hl.InvalidSnapshot, "guest functions"),
+    # an empty name is only the fallback's entry (void, no parameters), once, among guest functions
+    (lambda m: m["guest_functions"].append(["", [1], 0]), hl.InvalidSnapshot, "guest functions: malformed"),
+    (lambda m: m["guest_functions"].append(["", [], 1]), hl.InvalidSnapshot, "guest functions: malformed"),
+    (lambda m: m["guest_functions"].extend([["", [], 0], ["", [], 0]]), hl.InvalidSnapshot, "appears twice"),
+    (lambda m: m["host_functions"].append(["", [], 0]), hl.InvalidSnapshot, "host functions: malformed"),
     (lambda m: m.update(copy_ranges=[[0, 1 << 40]]), hl.InvalidSnapshot, "copy ranges"),
 ])
 def test_corrupt_metadata(saved, edit, exc, match):

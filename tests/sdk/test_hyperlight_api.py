@@ -22,19 +22,25 @@ def _raise() -> int:
     raise HostRaised("the host function failed on purpose")
 
 
+HOST_FUNCTIONS = {
+    "HostAddInt": (lambda a, b: a + b, (hl.i32, hl.i32), hl.i32),
+    "HostUInt": (lambda a: a + 1, (hl.u32,), hl.u32),
+    "HostLong": (lambda a: a * 2, (hl.i64,), hl.i64),
+    "HostULong": (lambda a: a // 2, (hl.u64,), hl.u64),
+    "HostAddFloat": (lambda a, b: a + b, (hl.f32, hl.f32), hl.f32),
+    "HostAddDouble": (lambda a, b: a + b, (hl.f64, hl.f64), hl.f64),
+    "HostBool": (lambda a, b: a + b > 10, (hl.i32, hl.i32), bool),
+    "HostAddStrings": (lambda s: s + ", and the host adds this", (str,), str),
+    "HostVoid": (lambda s: None, (str,), None),
+    "HostReverse": (lambda b: bytes(b)[::-1], (bytes,), bytes),
+    "HostRaises": (_raise, (), hl.i32),
+}
+
+
 def _sandbox(path: str, out: io.StringIO):
     u = hl.UninitializedSandbox(path, writer=out)
-    u.register("HostAddInt", lambda a, b: a + b, params=(hl.i32, hl.i32), returns=hl.i32)
-    u.register("HostUInt", lambda a: a + 1, params=(hl.u32,), returns=hl.u32)
-    u.register("HostLong", lambda a: a * 2, params=(hl.i64,), returns=hl.i64)
-    u.register("HostULong", lambda a: a // 2, params=(hl.u64,), returns=hl.u64)
-    u.register("HostAddFloat", lambda a, b: a + b, params=(hl.f32, hl.f32), returns=hl.f32)
-    u.register("HostAddDouble", lambda a, b: a + b, params=(hl.f64, hl.f64), returns=hl.f64)
-    u.register("HostBool", lambda a, b: a + b > 10, params=(hl.i32, hl.i32), returns=bool)
-    u.register("HostAddStrings", lambda s: s + ", and the host adds this", params=(str,), returns=str)
-    u.register("HostVoid", lambda s: None, params=(str,), returns=None)
-    u.register("HostReverse", lambda b: bytes(b)[::-1], params=(bytes,), returns=bytes)
-    u.register("HostRaises", _raise, params=(), returns=hl.i32)
+    for name, (fn, params, returns) in HOST_FUNCTIONS.items():
+        u.register(name, fn, params=params, returns=returns)
     return u.evolve()
 
 
@@ -189,6 +195,33 @@ def test_fallback_dispatcher(sb):
     with pytest.raises(hl.GuestFunctionNotFound, match="NoSuchFunction"):
         sb.call("NoSuchFunction", 1)
     assert sb.call("EchoInt", 3) == 3
+
+
+def _check_fallback(sb):
+    assert "ThisIsNotARealFunctionButTheNameIsImportant" not in sb.functions
+    assert sb.call("ThisIsNotARealFunctionButTheNameIsImportant") == 99
+    assert sb.call("SumOfInts", 1, 2, 3) == 6
+    assert sb.call("EchoInt", 3) == 3
+
+
+def test_fallback_survives_a_snapshot_file(tmp_path, sb):
+    """The fallback's empty-named table entry is saved, loaded and still lets calls through."""
+    path = tmp_path / "fallback.hlsnap"
+    snap = sb.snapshot()
+    snap.save(path)
+    loaded = hl.Snapshot.load(path)
+    assert [(g.name, g.params, g.returns) for g in loaded.guest_functions] == \
+        [(g.name, g.params, g.returns) for g in snap.guest_functions]
+    assert "" in [g.name for g in loaded.guest_functions]
+    with hl.MultiUseSandbox.from_snapshot(loaded, host_functions=HOST_FUNCTIONS) as sb2:
+        _check_fallback(sb2)
+        assert sb2.functions == sb.functions
+        sb2.restore(loaded)  # the same guest functions: accepted
+        _check_fallback(sb2)
+    with _sandbox(str(path), io.StringIO()) as sb3:  # UninitializedSandbox of a snapshot file
+        _check_fallback(sb3)
+    sb.restore(loaded)  # the file's table matches the sandbox it came from
+    _check_fallback(sb)
 
 
 def test_without_a_fallback_unknown_names_are_refused_by_the_host(built_guest):

@@ -78,7 +78,9 @@ void guest32_main(void) {
     __asm__ volatile("wrmsr" ::"c"(0x174), "a"(0x8), "d"(0));
     __asm__ volatile("wrmsr" ::"c"(0x175), "a"(0x12345), "d"(0));
     __asm__ volatile("wrmsr" ::"c"(0x176), "a"(0x6789a), "d"(0));
-    __asm__ volatile("movl %0, %%dr0\n\tmovl %1, %%dr7" ::"r"(0x101000u), "r"(0x401u));
+    /* An execution breakpoint outside guest memory: no instruction ever runs there,
+     * wherever the linker puts this guest's code. */
+    __asm__ volatile("movl %0, %%dr0\n\tmovl %1, %%dr7" ::"r"(0xFFFFF000u), "r"(0x401u));
   }
 
   /* 3. Raw host call 1: counter (8 bytes LE), data marker (4), "N686". */

@@ -80,45 +80,16 @@ uint32_t hl_call_host(const char *name, hl_type ret_type, int nargs, const hl_va
 
 /* ---- raw host calls ---- */
 
-static uint32_t raw_local(const uint8_t **resp, uint32_t *resp_len, uint32_t status, const char *msg) {
-  *resp = (const uint8_t *)msg;
-  *resp_len = (uint32_t)strlen(msg);
-  return status;
-}
-
 uint32_t hl_call_host_raw(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp,
                           uint32_t *resp_len) {
   const uint8_t *ignored_resp;
   uint32_t ignored_len;
   if (resp == NULL) resp = &ignored_resp;
   if (resp_len == NULL) resp_len = &ignored_len;
-  if (req == NULL && req_len != 0) return raw_local(resp, resp_len, HL_RAW_MALFORMED, "hl_call_host_raw: NULL request");
-
-  hl_writer w;
-  hl_record_begin(&w, &hl_output_buffer, HL_REC_RAW_CALL);
-  hl_put_u32(&w, fn_id);
-  hl_put(&w, req, req_len);
-  if (!hl_record_end(&w))
-    return raw_local(resp, resp_len, HL_RAW_TOO_LARGE, "hl_call_host_raw: request does not fit in the output buffer");
-
+  uint32_t status = hl_raw_request(fn_id, req, req_len, resp, resp_len);
+  if (status != HL_RAW_OK) return status;
   HL_EXIT(HL_PORT_CALL_FUNCTION); /* the host pops the RAW_CALL and pushes a RAW_RESULT on the input buffer */
-
-  hl_record rec;
-  if (!hl_record_peek(&hl_input_buffer, &rec))
-    return raw_local(resp, resp_len, HL_RAW_MALFORMED,
-                     "malformed reply to a raw host call: bad top, back-pointer or length");
-  hl_record_pop(&hl_input_buffer, &rec); /* the bytes stay until the next push */
-  if (rec.kind != HL_REC_RAW_RESULT)
-    return raw_local(resp, resp_len, HL_RAW_MALFORMED, "reply to a raw host call is not a RAW_RESULT record");
-  if (rec.len < 4)
-    return raw_local(resp, resp_len, HL_RAW_MALFORMED, "malformed RAW_RESULT record: shorter than its status");
-  uint32_t status;
-  memcpy(&status, rec.payload, 4);
-  if (status != HL_RAW_OK && status != HL_RAW_UNKNOWN_ID && status != HL_RAW_RAISED && status != HL_RAW_TOO_LARGE)
-    return raw_local(resp, resp_len, HL_RAW_MALFORMED, "malformed RAW_RESULT record: unknown status");
-  *resp = rec.payload + 4;
-  *resp_len = rec.len - 4;
-  return status;
+  return hl_raw_reply(resp, resp_len);
 }
 
 uint64_t hl_guest_counter(void) { return hl_guest_counter_ptr != NULL ? *hl_guest_counter_ptr : 0; }
@@ -147,11 +118,8 @@ int32_t hl_print(const char *text) {
 }
 
 int32_t hl_print_n(const char *text, size_t len) {
-  if (len == 0) return 0;
-  hl_writer w;
-  hl_record_begin(&w, &hl_output_buffer, HL_REC_PRINT);
-  uint32_t n = hl_put_str_fit(&w, text, len, 0);
-  if (!hl_record_end(&w)) return 0;
+  uint32_t n;
+  if (len == 0 || !hl_push_print(text, len, &n)) return 0;
   HL_EXIT(HL_PORT_PRINT);
   return (int32_t)n;
 }

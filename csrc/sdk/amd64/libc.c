@@ -1,5 +1,5 @@
 /* libc.c - small string helpers for the SDK's messages (memcpy and friends
- * are in csrc/sdk/common/string.c, shared with the i686 runtime). */
+ * are musl's). */
 #include "hl_internal.h"
 
 char *hl_itoa(int64_t v, char *buf) {

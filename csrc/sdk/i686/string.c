@@ -2,8 +2,8 @@
  * compiler also emits calls to memcpy/memset/memmove for struct copies),
  * compiled into i686 guests (amd64 guests have the C library's).
  *
- * The copy functions use `rep movsb`/`rep stosb`: native at CPL3 on amd64,
- * and handled by the kvm-pvm emulator for 32-bit code. Written as C loops,
+ * The copy functions use `rep movsb`/`rep stosb`, which the kvm-pvm emulator
+ * handles for 32-bit code. Written as C loops,
  * GCC could turn them back into calls to themselves. */
 #include <stddef.h>
 #include <stdint.h>
