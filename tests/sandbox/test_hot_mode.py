@@ -283,7 +283,7 @@ def test_the_caller_blocks_during_a_long_guest_call():
     """After the spin period the calling thread sleeps until the guest answers (the
     guest sees it blocked and parks to wake it): it does not spin through a long call."""
     with make_sandbox() as sb:
-        n = 300_000_000
+        n = 1_500_000_000  # ~0.2-0.5 s natively: well past the spin period on any machine
         expected = sb.call("Sum", n)  # cold
         with sb.hot(spin=0.002):
             cpu = time.thread_time()
