@@ -173,10 +173,19 @@ cdef int kvm_fd() except -1:
         return fd
 
 
+cdef int create_vm_fd(int kfd) noexcept:
+    """KVM_CREATE_VM, again while it fails with EINTR: the kernel refuses it while any signal
+    is pending for the thread (mm_take_all_locks), e.g. a kill() that raced its call's end."""
+    cdef int fd = ioctl(kfd, KVM_CREATE_VM, 0)
+    while fd < 0 and errno == EINTR:
+        fd = ioctl(kfd, KVM_CREATE_VM, 0)
+    return fd
+
+
 def check_kvm() -> None:
     """Raises KvmUnavailable naming the cause if /dev/kvm cannot be used."""
     kvm_fd()
-    cdef int vm = ioctl(_kvm_fd, KVM_CREATE_VM, 0)
+    cdef int vm = create_vm_fd(_kvm_fd)
     if vm < 0:
         raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
     c_close(vm)
@@ -251,7 +260,7 @@ cdef class VirtualMachine:
             regions[i].memory_size = size
             regions[i].userspace_addr = host_address + host_offset
         self.nslots = len(slots)
-        self.vm_fd = ioctl(kfd, KVM_CREATE_VM, 0)
+        self.vm_fd = create_vm_fd(kfd)
         if self.vm_fd < 0:
             exhausted = fd_exhausted(errno, "KVM_CREATE_VM")
             if exhausted is not None:
