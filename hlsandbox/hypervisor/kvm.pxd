@@ -88,6 +88,20 @@ cdef extern from "vm_setup.h" nogil:
 
 
 
+# What run() returns besides a port number (0..65535) for `out` (kvm.EXIT_* in Python).
+cdef enum RunExit:
+    RUN_CANCELED = -1
+    RUN_MMIO = -2
+    RUN_SHUTDOWN = -3
+    RUN_INTERNAL_ERROR = -4
+    RUN_HLT = -5
+    RUN_BAD_IO = -6
+    RUN_FAIL_ENTRY = -7
+    RUN_OTHER = -8
+
+cdef int terminal_exit_code(uint32_t reason) noexcept nogil
+
+
 cdef class VirtualMachine:
     cdef int vm_fd, vcpu_fd
     cdef kvm_run *run_ptr

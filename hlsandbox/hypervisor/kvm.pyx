@@ -69,15 +69,31 @@ cdef extern from "unistd.h" nogil:
 cdef extern from "sys/ioctl.h" nogil:
     int ioctl(int fd, unsigned long request, ...)
 
-# What run() returns besides a port number (0..65535) for `out`.
-EXIT_CANCELED = -1
-EXIT_MMIO = -2
-EXIT_SHUTDOWN = -3
-EXIT_INTERNAL_ERROR = -4
-EXIT_HLT = -5
-EXIT_BAD_IO = -6
-EXIT_FAIL_ENTRY = -7
-EXIT_OTHER = -8
+# What run() returns besides a port number (0..65535) for `out` (RunExit in kvm.pxd).
+EXIT_CANCELED = RUN_CANCELED
+EXIT_MMIO = RUN_MMIO
+EXIT_SHUTDOWN = RUN_SHUTDOWN
+EXIT_INTERNAL_ERROR = RUN_INTERNAL_ERROR
+EXIT_HLT = RUN_HLT
+EXIT_BAD_IO = RUN_BAD_IO
+EXIT_FAIL_ENTRY = RUN_FAIL_ENTRY
+EXIT_OTHER = RUN_OTHER
+
+cdef int terminal_exit_code(uint32_t reason) noexcept nogil:
+    """run()'s code for an exit that ends a run (MMIO, shutdown, internal error, HLT, failed
+    entry, anything else): shared by the cold run loop and hot mode's vCPU thread."""
+    if reason == KVM_EXIT_MMIO:
+        return RUN_MMIO
+    if reason == KVM_EXIT_SHUTDOWN:
+        return RUN_SHUTDOWN
+    if reason == KVM_EXIT_INTERNAL_ERROR:
+        return RUN_INTERNAL_ERROR
+    if reason == KVM_EXIT_HLT:
+        return RUN_HLT
+    if reason == KVM_EXIT_FAIL_ENTRY:
+        return RUN_FAIL_ENTRY
+    return RUN_OTHER
+
 
 # What VirtualMachine.load_state loads.
 LOAD_REGS, LOAD_SREGS, LOAD_FPU, LOAD_MSRS, LOAD_DEBUG = 1, 2, 4, 8, 16
@@ -583,17 +599,7 @@ cdef class VirtualMachine:
             if reason == KVM_EXIT_DIRTY_RING_FULL:
                 self.harvest_c()
                 continue
-            if reason == KVM_EXIT_MMIO:
-                return EXIT_MMIO
-            if reason == KVM_EXIT_SHUTDOWN:
-                return EXIT_SHUTDOWN
-            if reason == KVM_EXIT_INTERNAL_ERROR:
-                return EXIT_INTERNAL_ERROR
-            if reason == KVM_EXIT_HLT:
-                return EXIT_HLT
-            if reason == KVM_EXIT_FAIL_ENTRY:
-                return EXIT_FAIL_ENTRY
-            return EXIT_OTHER
+            return terminal_exit_code(reason)
 
     def complete_pending_exit(self) -> None:
         """Lets KVM finish the instruction of the last exit (the data of an `in`, an MMIO

@@ -24,7 +24,7 @@ from ..abi cimport (HL_HOT_STATE, HL_HOT_MODE, HL_HOT_SPIN, HL_HOT_WAITING, HL_H
                    HL_HOT_RESUMED, HL_HOT_PARKED, HL_HOT_ON, HL_HOT_OFF, HL_PORT_LOG, HL_PORT_CALL_FUNCTION, HL_PORT_PRINT,
                    HL_PORT_HALT)
 from ..func.wire cimport RecordStack
-from ..hypervisor.kvm cimport (VirtualMachine, kvm_run, pthread_t, pthread_self, pthread_kill, pthread_equal,
+from ..hypervisor.kvm cimport (VirtualMachine, terminal_exit_code, kvm_run, pthread_t, pthread_self, pthread_kill, pthread_equal,
                                KVM_RUN, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_INTR, KVM_EXIT_DIRTY_RING_FULL,
                                KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_HLT,
                                KVM_EXIT_FAIL_ENTRY, hl_io_direction, hl_io_size, hl_io_count, hl_io_port)
@@ -472,17 +472,7 @@ cdef class HotPath:
             self.parked = False
             self._command_run()
             return CONTINUE
-        if reason == KVM_EXIT_MMIO:
-            return EXIT_MMIO
-        if reason == KVM_EXIT_SHUTDOWN:
-            return EXIT_SHUTDOWN
-        if reason == KVM_EXIT_INTERNAL_ERROR:
-            return EXIT_INTERNAL_ERROR
-        if reason == KVM_EXIT_HLT:
-            return EXIT_HLT
-        if reason == KVM_EXIT_FAIL_ENTRY:
-            return EXIT_FAIL_ENTRY
-        return EXIT_OTHER
+        return terminal_exit_code(reason)
 
     cdef int _await_exit(self, double timeout) except -1:
         """Blocks until the vCPU thread has reported every KVM_RUN commanded; 0 if it has
