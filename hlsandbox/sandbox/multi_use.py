@@ -306,7 +306,7 @@ class MultiUseSandbox:
             _check_out(fn, out)
         try:
             if out is not None:
-                return self._call_into(fn, args, self._max_time if timeout is None else timeout, w, out)
+                return self._timed_call(fn, args, self._max_time if timeout is None else timeout, w, out)
             if timeout is None and self._max_time is None:
                 if restoring and self._init_snapshot is self._baseline and self._init_plan is not None:
                     try:  # call and restore in one Cython method: the per-request clean guest
@@ -402,44 +402,26 @@ class MultiUseSandbox:
             raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
         raise GuestFunctionNotFound(f"the guest has no function {name!r}")
 
-    def _timed_call(self, fn: _GuestFunction, args: tuple, timeout: float, wait: float) -> Any:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-        if timeout > WATCHDOG.MAX_SECONDS:
-            if timeout != math.inf:
+    def _timed_call(self, fn: _GuestFunction, args: tuple, timeout: Optional[float], wait: float,
+                    out: Any = None) -> Any:
+        """A guest call driven from Python: with a time limit (`timeout` seconds; None or inf:
+        none), or decoding a bytes result into `out` (call(out=...)), or both."""
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+            if timeout > WATCHDOG.MAX_SECONDS and timeout != math.inf:
                 raise ValueError(f"timeout={timeout!r} is beyond the longest limit the platform can wait "
                                  f"({WATCHDOG.MAX_SECONDS:.3g} s); use None or inf for no limit")
+        limited = timeout is not None and timeout != math.inf
+        if not limited and out is None:
             return self._path.call(fn.name_bytes, fn.param_tags, fn.return_tag, args, wait)
-        path = self._path
-        generation = path.begin(wait)
-        try:
-            if path.poisoned:  # by the call this one waited for
-                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
-            token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
-            try:
-                self._input.push_call(fn.name_bytes, fn.param_tags, args)
-                self._output.clear()
-                path.run_until_halt(generation)
-            finally:
-                WATCHDOG.disarm(token)
-            # Decode before path.end(): once the vCPU is released, close() in another
-            # thread may unmap guest memory.
-            return self._output.pop_result(fn.return_tag)
-        finally:
-            path.end()
-
-    def _call_into(self, fn: _GuestFunction, args: tuple, timeout: Optional[float], wait: float, out: Any) -> int:
-        """A call whose bytes result is decoded into `out` (call(out=...))."""
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not timeout > 0 or (timeout > WATCHDOG.MAX_SECONDS and timeout != math.inf)):
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
         path = self._path
         generation = path.begin(wait)
         token = None
         try:
             if path.poisoned:  # by the call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
-            if timeout is not None and timeout != math.inf:
+            if limited:
                 token = WATCHDOG.arm(timeout, lambda: self._on_timeout(generation))
             try:
                 self._input.push_call(fn.name_bytes, fn.param_tags, args)
@@ -448,7 +430,11 @@ class MultiUseSandbox:
             finally:
                 if token is not None:
                     WATCHDOG.disarm(token)
-            return self._output.pop_result_into(out)  # before end(), as in _timed_call()
+            # Decode before path.end(): once the vCPU is released, close() in another
+            # thread may unmap guest memory.
+            if out is None:
+                return self._output.pop_result(fn.return_tag)
+            return self._output.pop_result_into(out)
         finally:
             path.end()
 
