@@ -67,6 +67,34 @@ def kill_call(sandbox: Any) -> None:
         pass
 
 
+def run_in_thread(submit: Callable[[Callable[[], None]], Any], fn: Callable[[], Any]) -> "asyncio.Future[Any]":
+    """Runs `fn` through `submit` (an executor's submit) and returns an asyncio future of
+    its result, settled with one call_soon_threadsafe: lighter on the loop's thread than
+    wrap_future's chain of a concurrent future (its lock, its callbacks, a copy of its state)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def job() -> None:
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001: handed to the awaiting task
+            loop.call_soon_threadsafe(_settle, future, None, e)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    submit(job)
+    return future
+
+
+def _settle(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 async def await_cancellable(awaitable: Awaitable[Any], guard: CallGuard) -> Any:
     """Awaits a worker's result (`awaitable`, e.g. from run_in_executor()); if the
     awaiting task is cancelled, a call that has not started is dropped (the worker raises

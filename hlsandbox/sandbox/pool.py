@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protoco
 from ..errors import PoolExhausted, SandboxClosed
 from ..mem.elf import GuestBinary
 from ..mem.snapshot import Snapshot, is_snapshot_file
-from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded
+from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded, run_in_thread
 from .config import SandboxConfiguration
 from .multi_use import MultiUseSandbox
 from .uninitialized import UninitializedSandbox
@@ -219,9 +219,9 @@ class SandboxPool:
         threads). Cancelling the awaiting task drops a call that has not started and
         kills one that runs; the sandbox is restored before it is lent again."""
         guard = CallGuard()
-        future = self._workers().submit(self._guarded_call, guard, name, args, timeout)
-        # wrap_future: a cancelled task also cancels the work if it has not started.
-        return await await_cancellable(asyncio.wrap_future(future), guard)
+        # A task cancelled before its call starts: the worker sees guard.cancelled and drops it.
+        future = run_in_thread(self._workers().submit, lambda: self._guarded_call(guard, name, args, timeout))
+        return await await_cancellable(future, guard)
 
     def _guarded_call(self, guard: CallGuard, name: str, args: tuple, timeout: Optional[float]) -> Any:
         if guard.cancelled:
