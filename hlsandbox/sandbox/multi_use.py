@@ -1,12 +1,13 @@
 """MultiUseSandbox: a running guest whose functions Python calls."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import struct
 import types
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 
 from ..errors import (ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestError,
                       GuestFunctionNotFound, GuestFunctionParameterTypeMismatch, GuestProtocolError,
@@ -568,18 +569,25 @@ class MultiUseSandbox:
 
     # -- snapshots ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _closing_race(self, what: str) -> Iterator[None]:
+        """Turns the error of an operation whose memory close() in another thread pulled
+        away mid-way into SandboxClosed."""
+        try:
+            yield
+        except HyperlightError:
+            raise
+        except Exception as e:
+            if self._closed:
+                raise SandboxClosed(f"the sandbox was closed by another thread during {what}") from e
+            raise
+
     def snapshot(self) -> Snapshot:
         """Captures guest memory and vCPU state; restore() puts the sandbox back to it."""
         if self._closed or self._path.poisoned:
             self._refuse("")
-        try:
+        with self._closing_race("snapshot()"):
             return self._snapshot()
-        except HyperlightError:
-            raise
-        except Exception as e:  # close() from another thread pulled memory away mid-way
-            if self._closed:
-                raise SandboxClosed("the sandbox was closed by another thread during snapshot()") from e
-            raise
 
     def _snapshot(self) -> Snapshot:
         vm = self._vm
@@ -611,14 +619,8 @@ class MultiUseSandbox:
         writes; any other snapshot with the same layout is copied whole."""
         if self._closed:
             self._refuse("")
-        try:
+        with self._closing_race("restore()"):
             self._restore(snapshot)
-        except HyperlightError:
-            raise
-        except Exception as e:  # close() from another thread pulled memory away mid-way
-            if self._closed:
-                raise SandboxClosed("the sandbox was closed by another thread during restore()") from e
-            raise
 
     def _restore(self, snapshot: Optional[Snapshot]) -> None:
         snap = self._init_snapshot if snapshot is None else snapshot
