@@ -80,16 +80,11 @@ uint32_t hl_call_host(const char *name, hl_type ret_type, int nargs, const hl_va
 
 /* ---- raw host calls ---- */
 
+static void raw_call_exit(void) { HL_EXIT(HL_PORT_CALL_FUNCTION); }
+
 uint32_t hl_call_host_raw(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp,
                           uint32_t *resp_len) {
-  const uint8_t *ignored_resp;
-  uint32_t ignored_len;
-  if (resp == NULL) resp = &ignored_resp;
-  if (resp_len == NULL) resp_len = &ignored_len;
-  uint32_t status = hl_raw_request(fn_id, req, req_len, resp, resp_len);
-  if (status != HL_RAW_OK) return status;
-  HL_EXIT(HL_PORT_CALL_FUNCTION); /* the host pops the RAW_CALL and pushes a RAW_RESULT on the input buffer */
-  return hl_raw_reply(resp, resp_len);
+  return hl_raw_call(fn_id, req, req_len, resp, resp_len, raw_call_exit);
 }
 
 uint64_t hl_guest_counter(void) { return hl_guest_counter_ptr != NULL ? *hl_guest_counter_ptr : 0; }

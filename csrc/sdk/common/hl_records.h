@@ -111,13 +111,13 @@ bool hl_push_error(uint32_t code, const char *msg, uint64_t len);
  * number of bytes of text in it. False if no record was pushed. */
 bool hl_push_print(const char *text, uint64_t len, uint32_t *sent);
 
-/* Raw host calls (docs/abi.md, "Raw host calls"), both halves around the exit:
- * hl_raw_request() pushes RAW_CALL(fn_id, request) on the output buffer and
- * returns HL_RAW_OK, or another status with *resp and *resp_len set to a message
- * of the runtime's; hl_raw_reply() pops the RAW_RESULT from the input buffer
- * and returns its status with the response bytes, which stay valid until the
- * next host call (HL_RAW_MALFORMED and a message of ours if it is bad). */
-uint32_t hl_raw_request(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp, uint32_t *resp_len);
-uint32_t hl_raw_reply(const uint8_t **resp, uint32_t *resp_len);
+/* A raw host call (docs/abi.md, "Raw host calls"): pushes RAW_CALL(fn_id, request)
+ * on the output buffer, leaves the guest through `exit_to_host` (the runtime's
+ * CALL_FUNCTION exit), pops the RAW_RESULT from the input buffer and returns its
+ * status with the response bytes, which stay valid until the next host call.
+ * A request that cannot be sent or a bad reply gives another status with a
+ * message of ours in *resp. `resp` and `resp_len` may be NULL. */
+uint32_t hl_raw_call(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp, uint32_t *resp_len,
+                     void (*exit_to_host)(void));
 
 #endif

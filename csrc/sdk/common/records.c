@@ -342,7 +342,8 @@ static uint32_t raw_local(const uint8_t **resp, uint32_t *resp_len, uint32_t sta
   return status;
 }
 
-uint32_t hl_raw_request(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp, uint32_t *resp_len) {
+static uint32_t raw_request(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp,
+                            uint32_t *resp_len) {
   if (req == NULL && req_len != 0) return raw_local(resp, resp_len, HL_RAW_MALFORMED, "raw host call: NULL request");
   hl_writer w;
   hl_record_begin(&w, &hl_output_buffer, HL_REC_RAW_CALL);
@@ -353,7 +354,7 @@ uint32_t hl_raw_request(uint32_t fn_id, const void *req, uint32_t req_len, const
   return HL_RAW_OK;
 }
 
-uint32_t hl_raw_reply(const uint8_t **resp, uint32_t *resp_len) {
+static uint32_t raw_reply(const uint8_t **resp, uint32_t *resp_len) {
   hl_record rec;
   if (!hl_record_peek(&hl_input_buffer, &rec))
     return raw_local(resp, resp_len, HL_RAW_MALFORMED,
@@ -370,4 +371,16 @@ uint32_t hl_raw_reply(const uint8_t **resp, uint32_t *resp_len) {
   *resp = rec.payload + 4;
   *resp_len = rec.len - 4;
   return status;
+}
+
+uint32_t hl_raw_call(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp, uint32_t *resp_len,
+                     void (*exit_to_host)(void)) {
+  const uint8_t *ignored_resp;
+  uint32_t ignored_len;
+  if (resp == NULL) resp = &ignored_resp;
+  if (resp_len == NULL) resp_len = &ignored_len;
+  uint32_t status = raw_request(fn_id, req, req_len, resp, resp_len);
+  if (status != HL_RAW_OK) return status;
+  exit_to_host(); /* the host pops the RAW_CALL and pushes a RAW_RESULT on the input buffer */
+  return raw_reply(resp, resp_len);
 }

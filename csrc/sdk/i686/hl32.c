@@ -35,15 +35,10 @@ uint64_t hl32_guest_counter(void) {
 
 /* ---- talking to the host ---- */
 
+static void raw_call_exit(void) { OUT(HL_PORT_CALL_FUNCTION); }
+
 uint32_t hl32_call_raw(uint32_t fn_id, const void *req, uint32_t req_len, const uint8_t **resp, uint32_t *resp_len) {
-  const uint8_t *ignored_resp;
-  uint32_t ignored_len;
-  if (resp == NULL) resp = &ignored_resp;
-  if (resp_len == NULL) resp_len = &ignored_len;
-  uint32_t status = hl_raw_request(fn_id, req, req_len, resp, resp_len);
-  if (status != HL_RAW_OK) return status;
-  OUT(HL_PORT_CALL_FUNCTION); /* the host pops the RAW_CALL and pushes a RAW_RESULT on the input buffer */
-  return hl_raw_reply(resp, resp_len);
+  return hl_raw_call(fn_id, req, req_len, resp, resp_len, raw_call_exit);
 }
 
 uint32_t hl32_print(const char *text) {
