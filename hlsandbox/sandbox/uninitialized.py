@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterable, Optional, TextIO, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TextIO, Union
 
 from ..errors import InvalidGuestBinary
 from ..func.host_functions import HostFunctionRegistry
@@ -12,6 +12,9 @@ from ..mem.snapshot import Snapshot, is_snapshot_file
 from .config import SandboxConfiguration
 from .guest_counter import GuestCounter
 from .output import output_function
+
+if TYPE_CHECKING:  # evolve()'s return annotation; the run-time import stays inside evolve()
+    from .multi_use import MultiUseSandbox
 
 Writer = Union[TextIO, Callable[[str], Any], None]
 
