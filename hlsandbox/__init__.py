@@ -7,13 +7,38 @@
     assert sb.call("Echo", "hi") == "hi"
 """
 from . import guests
-from .errors import (ArgumentTooLarge, ExecutionCanceled, ExecutionTimeout, GuestAborted, GuestBinaryNotFound,
-                     GuestBuildError, GuestEmulationFailure, GuestError, GuestFault, GuestFunctionNotFound,
-                     GuestFunctionParameterTypeMismatch, GuestProtocolError, HostFunctionError,
-                     HostFunctionNotFound, HyperlightError, InvalidConfiguration, InvalidGuestBinary,
-                     InvalidSnapshot, KvmUnavailable, MemoryAccessViolation, OutOfFileDescriptors,
-                     PoisonedSandbox, PoolExhausted, SandboxBusy, SandboxClosed, SnapshotClosed, SnapshotMismatch,
-                     StackOverflow, UsedAfterFork, WriterError)
+from .errors import (
+                     ArgumentTooLarge,
+                     ExecutionCanceled,
+                     ExecutionTimeout,
+                     GuestAborted,
+                     GuestBinaryNotFound,
+                     GuestBuildError,
+                     GuestEmulationFailure,
+                     GuestError,
+                     GuestFault,
+                     GuestFunctionNotFound,
+                     GuestFunctionParameterTypeMismatch,
+                     GuestProtocolError,
+                     HostFunctionError,
+                     HostFunctionNotFound,
+                     HyperlightError,
+                     InvalidConfiguration,
+                     InvalidGuestBinary,
+                     InvalidSnapshot,
+                     KvmUnavailable,
+                     MemoryAccessViolation,
+                     OutOfFileDescriptors,
+                     PoisonedSandbox,
+                     PoolExhausted,
+                     SandboxBusy,
+                     SandboxClosed,
+                     SnapshotClosed,
+                     SnapshotMismatch,
+                     StackOverflow,
+                     UsedAfterFork,
+                     WriterError,
+)
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .lua import LuaError, LuaResult, LuaSandbox, LuaSandboxPool, LuaSyntaxError
 from .mem.elf import GuestBinary

@@ -9,12 +9,14 @@ import argparse
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__, guests, lua_cli
 from .errors import ExecutionTimeout, HyperlightError
 from .func.types import ValueType
 from .sandbox.config import SandboxConfiguration
+from .sandbox.multi_use import MultiUseSandbox
 from .sandbox.uninitialized import UninitializedSandbox
 
 
@@ -26,14 +28,14 @@ def _host_add(a: int, b: int) -> int:
 EXIT_TIMEOUT = 124
 
 
-def _sandbox(guest: str, heap: str = "1Mi", stack: str = "256Ki"):
+def _sandbox(guest: str, heap: str = "1Mi", stack: str = "256Ki") -> MultiUseSandbox:
     path = guest if "/" in guest or guest.endswith(".elf") else guests.path(guest)
     u = UninitializedSandbox(path, SandboxConfiguration(heap_size=heap, stack_size=stack))
     u.register("HostAdd", _host_add, params=(ValueType.I32, ValueType.I32), returns=ValueType.I32)
     return u.evolve()
 
 
-def _timed(sb, name: str, *args: Any, repeat: int = 200) -> tuple[Any, float]:
+def _timed(sb: MultiUseSandbox, name: str, *args: Any, repeat: int = 200) -> tuple[Any, float]:
     result = sb.call(name, *args)
     times = []
     for _ in range(repeat):
@@ -85,7 +87,7 @@ def call(args: argparse.Namespace) -> int:
             print(f"{sig} takes {len(sig.params)} arguments, got {len(args.args)}", file=sys.stderr)
             return 2
         try:
-            values = [_parse_arg(a, t) for a, t in zip(args.args, sig.params)]
+            values = [_parse_arg(a, t) for a, t in zip(args.args, sig.params, strict=True)]
         except ValueError as e:
             print(f"bad argument for {sig}: {e}", file=sys.stderr)
             return 2
@@ -171,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         add(sub)
     args = p.parse_args(argv)
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except (HyperlightError, FileNotFoundError, ValueError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

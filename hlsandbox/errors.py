@@ -1,10 +1,11 @@
 """The exception hierarchy: everything hlsandbox raises derives from HyperlightError."""
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from typing import Any
 
 
-def _rebuild(cls: type, args: tuple, state: dict) -> "HyperlightError":
+def _rebuild(cls: type[HyperlightError], args: tuple[Any, ...], state: dict[str, Any]) -> HyperlightError:
     """Unpickles an hlsandbox error without calling its __init__ (whose parameters differ
     from the message args Exception keeps)."""
     e = cls.__new__(cls, *args)
@@ -17,7 +18,8 @@ class HyperlightError(Exception):
     """Base class of every hlsandbox error. Every subclass pickles with its message and
     attributes (a multiprocessing worker may raise any of them)."""
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., HyperlightError],
+                                  tuple[type[HyperlightError], tuple[Any, ...], dict[str, Any]]]:
         return _rebuild, (type(self), self.args, dict(self.__dict__))
 
 
@@ -210,7 +212,7 @@ class LuaSyntaxError(LuaError):
     def __init__(self, message: str, traceback: str = "", kind: str = "syntax", stdout: str = "") -> None:
         super().__init__(message if message.startswith("syntax error") else f"syntax error: {message}",
                          traceback, kind, stdout)
-        self.line: Optional[int] = None
+        self.line: int | None = None
         # Lua's form: "script:LINE: what" (the chunk is named "script").
         parts = message.split(":", 2)
         if len(parts) == 3 and parts[1].strip().isdigit():

@@ -19,8 +19,9 @@ import random
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any
 
 from . import guests
 from .errors import HyperlightError, LuaError, LuaSyntaxError
@@ -49,7 +50,7 @@ class LuaResult:
     """What a run returned: `values` (the chunk's return values, converted), `stdout`
     (what `print` wrote) and `elapsed` (seconds, the whole run() as the host saw it)."""
 
-    values: list
+    values: list[Any]
     stdout: str
     elapsed: float
 
@@ -127,7 +128,8 @@ class _Decoder:
         return self.data[self._need(1)]
 
     def u32(self) -> int:
-        return _I.unpack_from(self.data, self._need(4))[0]
+        value: int = _I.unpack_from(self.data, self._need(4))[0]
+        return value
 
     def raw(self) -> bytes:
         n = self.u32()
@@ -191,8 +193,8 @@ class LuaSandbox:
     persist between runs until reset(). A time limit, kill() or a fault also reset
     the interpreter. `max_output` bounds what print() may write in one run."""
 
-    def __init__(self, *, tools: Optional[Mapping[str, Callable[..., Any]]] = None,
-                 heap_size: Union[int, str] = "16Mi", config: Optional[SandboxConfiguration] = None,
+    def __init__(self, *, tools: Mapping[str, Callable[..., Any]] | None = None,
+                 heap_size: int | str = "16Mi", config: SandboxConfiguration | None = None,
                  fresh: bool = True, max_output: int = DEFAULT_MAX_OUTPUT) -> None:
         self._tools = dict(tools or {})
         for name, fn in self._tools.items():
@@ -206,10 +208,10 @@ class LuaSandbox:
         self.max_output = max_output
         self._out: list[bytes] = []
         self._out_size = 0
-        self._tool_exception: Optional[BaseException] = None
+        self._tool_exception: BaseException | None = None
         self._run_t0 = 0.0
         self._lock = threading.Lock()
-        self._running_in: Optional[int] = None  # the thread inside run(), to refuse re-entry from a tool
+        self._running_in: int | None = None  # the thread inside run(), to refuse re-entry from a tool
         u = UninitializedSandbox(guests.path("lua"), config)
         u.register("LuaToolNames", lambda: "\n".join(self._tools), params=(), returns=str)
         u.register("LuaBufferSize", lambda: config.output_data_size, params=(), returns=ValueType.U32)
@@ -248,7 +250,7 @@ class LuaSandbox:
 
     # public API
 
-    def run(self, code: Union[str, bytes], *, timeout: Optional[float] = None) -> LuaResult:
+    def run(self, code: str | bytes, *, timeout: float | None = None) -> LuaResult:
         """Runs a Lua chunk and returns its values and output.
 
         Raises LuaError (LuaSyntaxError for code that does not compile) when the
@@ -271,7 +273,7 @@ class LuaSandbox:
         if self._running_in == threading.get_ident():
             raise HyperlightError(f"{what}() called during a run of the same LuaSandbox (from a tool?)")
 
-    def _run_locked(self, b: bytes, timeout: Optional[float]) -> LuaResult:
+    def _run_locked(self, b: bytes, timeout: float | None) -> LuaResult:
         self._out = []
         self._out_size = 0
         self._tool_exception = None
@@ -329,17 +331,18 @@ class LuaSandbox:
         """Bytes the interpreter holds after a full garbage collection."""
         self._refuse_reentry("memory_used")
         with self._lock:
-            return self._sb.call("Collect", restore=False)
+            used: int = self._sb.call("Collect", restore=False)
+            return used
 
     @property
-    def tools(self) -> dict:
+    def tools(self) -> dict[str, Callable[..., Any]]:
         """The tools scripts can call (a copy)."""
         return dict(self._tools)
 
     def close(self) -> None:
         self._sb.close()
 
-    def __enter__(self) -> "LuaSandbox":
+    def __enter__(self) -> LuaSandbox:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -362,7 +365,7 @@ class LuaSandboxPool:
             raise ValueError(f"size must be a positive integer, got {size!r}")
         if sandbox_kwargs.get("fresh", True) is not True:
             raise ValueError("a LuaSandboxPool serves fresh=True sandboxes only")
-        self._idle: "queue.SimpleQueue[LuaSandbox]" = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[LuaSandbox] = queue.SimpleQueue()
         self._all: list[LuaSandbox] = []
         self._closed = False
         try:
@@ -379,7 +382,7 @@ class LuaSandboxPool:
     def size(self) -> int:
         return len(self._all)
 
-    def run(self, code: Union[str, bytes], *, timeout: Optional[float] = None) -> LuaResult:
+    def run(self, code: str | bytes, *, timeout: float | None = None) -> LuaResult:
         """Runs `code` on an idle interpreter (see LuaSandbox.run)."""
         if self._closed:
             raise HyperlightError("the pool is closed")
@@ -389,7 +392,7 @@ class LuaSandboxPool:
         finally:
             self._idle.put(sb)
 
-    def submit(self, code: Union[str, bytes], *, timeout: Optional[float] = None) -> "Future[LuaResult]":
+    def submit(self, code: str | bytes, *, timeout: float | None = None) -> Future[LuaResult]:
         """Runs `code` on the pool's threads; the Future holds the LuaResult or the error."""
         if self._closed:
             raise HyperlightError("the pool is closed")
@@ -404,7 +407,7 @@ class LuaSandboxPool:
         for sb in self._all:
             sb.close()
 
-    def __enter__(self) -> "LuaSandboxPool":
+    def __enter__(self) -> LuaSandboxPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

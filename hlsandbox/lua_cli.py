@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Optional, TextIO
+from typing import Any, TextIO
 
 from .errors import ExecutionCanceled
 from .lua import LuaError, LuaResult, LuaSandbox, LuaSyntaxError
@@ -41,7 +41,7 @@ def _report(result: LuaResult, out: TextIO) -> None:
     out.flush()
 
 
-def _run_once(lua: LuaSandbox, code: str, timeout: Optional[float]) -> int:
+def _run_once(lua: LuaSandbox, code: str, timeout: float | None) -> int:
     try:
         _report(lua.run(code, timeout=timeout), sys.stdout)
     except LuaError as e:
@@ -51,7 +51,7 @@ def _run_once(lua: LuaSandbox, code: str, timeout: Optional[float]) -> int:
     return 0
 
 
-def _repl(lua: LuaSandbox, timeout: Optional[float]) -> int:
+def _repl(lua: LuaSandbox, timeout: float | None) -> int:
     print("Lua 5.4 in an hlsandbox micro-VM; globals persist; Ctrl-D to leave", file=sys.stderr)
     while True:
         try:

@@ -27,7 +27,8 @@ import itertools
 import os
 import tempfile
 import threading
-from typing import Any, Iterable, Iterator, Mapping, Optional, Union
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 try:
     import ray
@@ -57,14 +58,14 @@ class SnapshotImage:
         self.extents = extents
 
     @classmethod
-    def of(cls, snapshot: Snapshot) -> "SnapshotImage":
+    def of(cls, snapshot: Snapshot) -> SnapshotImage:
         with tempfile.TemporaryDirectory(prefix="hlsandbox-ray-") as tmp:
             path = os.path.join(tmp, "snapshot.hlsnap")
             snapshot.save(path)
             return cls.read(path)
 
     @classmethod
-    def read(cls, path: Union[str, "os.PathLike[str]"]) -> "SnapshotImage":
+    def read(cls, path: str | os.PathLike[str]) -> SnapshotImage:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
@@ -90,7 +91,7 @@ class SnapshotImage:
         finally:
             os.unlink(path)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[SnapshotImage], tuple[int, list[tuple[int, bytes]]]]:
         return (SnapshotImage, (self.size, self.extents))
 
     def __repr__(self) -> str:
@@ -114,13 +115,13 @@ class _PoolActor:
     """One Ray actor: a local SandboxPool of `size` sandboxes from the shipped snapshot.
     A threaded actor (max_concurrency=size), so its sandboxes run calls side by side."""
 
-    def __init__(self, snapshot: Union[SnapshotImage, str], size: int, config: Optional[SandboxConfiguration],
+    def __init__(self, snapshot: SnapshotImage | str, size: int, config: SandboxConfiguration | None,
                  host_functions: Mapping[str, Any]) -> None:
         # An error here is kept for ready() to raise: raised from __init__, Ray would
         # hand the caller an ActorDiedError without the hlsandbox exception.
-        self._error: Optional[BaseException] = None
-        self._pool: Optional[SandboxPool] = None
-        self._snapshot: Optional[Snapshot] = None
+        self._error: BaseException | None = None
+        self._pool: SandboxPool | None = None
+        self._snapshot: Snapshot | None = None
         try:
             self._snapshot = snapshot.load() if isinstance(snapshot, SnapshotImage) else Snapshot.load(snapshot)
             self._pool = SandboxPool(self._snapshot, size=size, config=config, host_functions=host_functions)
@@ -134,12 +135,13 @@ class _PoolActor:
             raise self._error
         return self.node_id()
 
-    def call(self, name: str, args: tuple, timeout: Optional[float]) -> Any:
+    def call(self, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
         return self._pool.call(name, *args, timeout=timeout)
 
-    def call_many(self, name: str, arg_tuples: list, timeout: Optional[float]) -> list:
+    def call_many(self, name: str, arg_tuples: list[tuple[Any, ...]],
+                  timeout: float | None) -> list[tuple[bool, Any]]:
         """One call per tuple, in order: (True, result) or (False, the hlsandbox error)."""
-        out = []
+        out: list[tuple[bool, Any]] = []
         for args in arg_tuples:
             try:
                 out.append((True, self._pool.call(name, *args, timeout=timeout)))
@@ -179,10 +181,10 @@ class RayPool:
     result (ray.exceptions.GetTimeoutError, a TimeoutError, past it); `timeout` of a call
     limits the guest call itself, as for MultiUseSandbox.call()."""
 
-    def __init__(self, source: Union[str, "os.PathLike[str]", GuestBinary, Snapshot], *, actors: int,
-                 sandboxes_per_actor: int = 1, config: Optional[SandboxConfiguration] = None,
-                 host_functions: Optional[Mapping[str, Any]] = None, retries: int = 0,
-                 actor_options: Optional[Mapping[str, Any]] = None, shared_path: bool = False,
+    def __init__(self, source: str | os.PathLike[str] | GuestBinary | Snapshot, *, actors: int,
+                 sandboxes_per_actor: int = 1, config: SandboxConfiguration | None = None,
+                 host_functions: Mapping[str, Any] | None = None, retries: int = 0,
+                 actor_options: Mapping[str, Any] | None = None, shared_path: bool = False,
                  wait: float = DEFAULT_WAIT) -> None:
         for what, n, low in (("actors", actors, 1), ("sandboxes_per_actor", sandboxes_per_actor, 1),
                              ("retries", retries, 0)):
@@ -209,7 +211,9 @@ class RayPool:
         options.update(actor_options or {})
         options.update(max_concurrency=sandboxes_per_actor, max_restarts=retries, max_task_retries=retries)
         remote = ray.remote(_PoolActor).options(**options)
-        self._actors = [remote.remote(shipped, sandboxes_per_actor, config, functions) for _ in range(actors)]
+        # Ray's actor handles: their remote methods are made at run time, out of a type checker's sight.
+        self._actors: list[Any] = [remote.remote(shipped, sandboxes_per_actor, config, functions)
+                                   for _ in range(actors)]
         self._wait = wait
         self._dead: set[int] = set()
         self._next = itertools.count()
@@ -223,7 +227,7 @@ class RayPool:
             raise
 
     @property
-    def actors(self) -> list:
+    def actors(self) -> list[Any]:
         """The Ray actor handles (each has call, node_id and stats remote methods)."""
         return list(self._actors)
 
@@ -234,31 +238,31 @@ class RayPool:
             live = [i for i in range(len(self._actors)) if i not in self._dead] or list(range(len(self._actors)))
             return live[next(self._next) % len(live)]
 
-    def _submit(self, name: str, args: tuple, timeout: Optional[float]) -> tuple[int, "ray.ObjectRef"]:
+    def _submit(self, name: str, args: tuple[Any, ...], timeout: float | None) -> tuple[int, ray.ObjectRef[Any]]:
         i = self._pick()
         return i, self._actors[i].call.remote(name, args, timeout)
 
-    def submit(self, name: str, *args: Any, timeout: Optional[float] = None) -> "ray.ObjectRef":
+    def submit(self, name: str, *args: Any, timeout: float | None = None) -> ray.ObjectRef[Any]:
         """Guest function `name` with `args` on the next actor (round robin): its ObjectRef.
         ray.get() of it raises guest errors as Ray's wrapper of the hlsandbox exception
         (an instance of its class; the exception itself is its `.cause`)."""
         return self._submit(name, args, timeout)[1]
 
-    def call(self, name: str, *args: Any, timeout: Optional[float] = None, wait: Optional[float] = None) -> Any:
+    def call(self, name: str, *args: Any, timeout: float | None = None, wait: float | None = None) -> Any:
         """submit() and its result; a guest error raises the hlsandbox exception itself.
         `wait` (default the pool's) bounds the wait for the result."""
         i, ref = self._submit(name, args, timeout)
         return self._get(i, ref, wait)
 
-    def map(self, name: str, *iterables: Iterable[Any], timeout: Optional[float] = None,
-            wait: Optional[float] = None, chunksize: int = 1) -> Iterator[Any]:
+    def map(self, name: str, *iterables: Iterable[Any], timeout: float | None = None,
+            wait: float | None = None, chunksize: int = 1) -> Iterator[Any]:
         """Like Executor.map: every call submitted at once, spread over the actors; results
         in order, a call's exception raised when its result is reached. `wait` bounds the
         wait for each result (each chunk's). `chunksize` > 1 sends that many calls in one
         Ray task, which spreads Ray's per-task cost (about a millisecond) over them."""
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
-        calls = zip(*iterables)
+        calls = zip(*iterables, strict=False)  # stops at the shortest, as map() does
         if chunksize == 1:
             submitted = [self._submit(name, args, timeout) for args in calls]
 
@@ -282,7 +286,7 @@ class RayPool:
                     yield value
         return chunked_results()
 
-    def _get(self, i: int, ref: "ray.ObjectRef", wait: Optional[float]) -> Any:
+    def _get(self, i: int, ref: ray.ObjectRef[Any], wait: float | None) -> Any:
         try:
             return ray.get(ref, timeout=self._wait if wait is None else wait)
         except ray.exceptions.RayTaskError as e:
@@ -314,7 +318,7 @@ class RayPool:
             ray.kill(a, no_restart=True)
         self._image_ref = None
 
-    def __enter__(self) -> "RayPool":
+    def __enter__(self) -> RayPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:

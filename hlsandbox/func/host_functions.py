@@ -5,7 +5,8 @@ import inspect
 import struct
 import time
 import typing
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..abi import RawBuiltin
 from .types import Signature, ValueType, to_value_type
@@ -36,7 +37,7 @@ def _from_annotation(a: Any, what: str) -> ValueType:
                         "use hl.i32 etc., bool, str, bytes, int (i64), float (f64) or None") from None
 
 
-def signature_of(name: str, fn: Callable[..., Any], params: Optional[Iterable[Any]],
+def signature_of(name: str, fn: Callable[..., Any], params: Iterable[Any] | None,
                  returns: Any) -> Signature:
     """The signature from explicit params/returns, or from fn's type hints."""
     if params is not None:
@@ -49,15 +50,15 @@ def signature_of(name: str, fn: Callable[..., Any], params: Optional[Iterable[An
         except (TypeError, ValueError, NameError) as e:
             raise TypeError(f"host function {name}: cannot read its signature ({e}); "
                             "pass params= and returns=") from None
-        ptypes = []
+        hinted: list[ValueType] = []
         for p in sig.parameters.values():
             if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
                 raise TypeError(f"host function {name}: parameter {p.name} must be positional")
             if p.name not in hints:
                 raise TypeError(f"host function {name}: parameter {p.name} has no type hint; "
                                 "annotate it or pass params=")
-            ptypes.append(_from_annotation(hints[p.name], f"host function {name}, parameter {p.name}"))
-        ptypes = tuple(ptypes)
+            hinted.append(_from_annotation(hints[p.name], f"host function {name}, parameter {p.name}"))
+        ptypes = tuple(hinted)
         if returns is not None:
             rtype = to_value_type(returns)
         elif "return" in hints:
@@ -102,14 +103,14 @@ class HostFunctionRegistry:
             raise ValueError(f"raw host function {fn_id} is already registered")
         self._raw[fn_id] = fn
 
-    def get_raw(self, fn_id: int) -> Optional[Callable[[memoryview], Any]]:
+    def get_raw(self, fn_id: int) -> Callable[[memoryview], Any] | None:
         fn = self._raw.get(fn_id)
         return fn if fn is not None else BUILTIN_RAW.get(fn_id)
 
     def raw_ids(self) -> list[int]:
         return sorted(self._raw)
 
-    def register(self, name: str, fn: Callable[..., Any], params: Optional[Iterable[Any]] = None,
+    def register(self, name: str, fn: Callable[..., Any], params: Iterable[Any] | None = None,
                  returns: Any = None) -> Signature:
         if not isinstance(name, str) or not name:
             raise TypeError("a host function name must be a non-empty string")
@@ -123,7 +124,7 @@ class HostFunctionRegistry:
         self._functions[name] = HostFunction(fn, sig)
         return sig
 
-    def get(self, name: str) -> Optional[HostFunction]:
+    def get(self, name: str) -> HostFunction | None:
         return self._functions.get(name)
 
     def signatures(self) -> list[Signature]:

@@ -99,6 +99,6 @@ class Signature:
         return hash((self.name, self.params, self.returns))
 
 
-def is_fallback_entry(name: str, params: tuple, returns: int) -> bool:
+def is_fallback_entry(name: str, params: tuple[int, ...], returns: int) -> bool:
     """Whether a function-table entry is the fallback's: the empty name, void, no parameters."""
     return name == FALLBACK and not params and returns == ValueType.VOID

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
@@ -47,7 +47,7 @@ class ElfImage:
     size: int
     symbols: dict[str, int] = field(default_factory=dict)
     profile: str = "amd64"
-    link_base: Optional[int] = None  # i686: the fixed address segment offsets are relative to
+    link_base: int | None = None  # i686: the fixed address segment offsets are relative to
     stripped: bool = False  # no .symtab: the host cannot find the SDK's symbols
 
     def load_into(self, mem: memoryview, base: int, mem_offset: int) -> None:
@@ -69,7 +69,7 @@ class GuestBinary:
         self.image = parse_elf(self.data, name)
 
     @classmethod
-    def from_path(cls, path: Union[str, os.PathLike]) -> "GuestBinary":
+    def from_path(cls, path: str | os.PathLike[str]) -> GuestBinary:
         p = Path(path)
         try:
             data = p.read_bytes()
@@ -82,11 +82,11 @@ class GuestBinary:
         return cls(data, str(p))
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> "GuestBinary":
+    def from_bytes(cls, data: bytes, name: str = "<bytes>") -> GuestBinary:
         return cls(data, name)
 
     @classmethod
-    def coerce(cls, guest: Union["GuestBinary", str, os.PathLike, bytes]) -> "GuestBinary":
+    def coerce(cls, guest: GuestBinary | str | os.PathLike[str] | bytes) -> GuestBinary:
         """Accepts a GuestBinary, a path, or the ELF's bytes."""
         if isinstance(guest, GuestBinary):
             return guest
@@ -110,7 +110,7 @@ def parse_elf(data: bytes, name: str = "<bytes>") -> ElfImage:
 
 
 @functools.lru_cache(maxsize=32)
-def _parse_cached(data: bytes) -> "ElfImage | str":
+def _parse_cached(data: bytes) -> ElfImage | str:
     try:
         return _parse_uncached(data, "\0")
     except InvalidGuestBinary as e:
@@ -215,7 +215,7 @@ def _segments(elf: ELFFile, file_size: int, name: str) -> tuple[list[Segment], i
     if not segments:
         raise InvalidGuestBinary(f"{name}: no loadable (PT_LOAD) segments")
     segments.sort(key=lambda s: s.vaddr)
-    for a, b in zip(segments, segments[1:]):
+    for a, b in itertools.pairwise(segments):
         if a.vaddr + a.memsz > b.vaddr:
             raise InvalidGuestBinary(f"{name}: segments at {a.vaddr:#x} and {b.vaddr:#x} overlap")
     return segments, align

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import struct
 
-from ..errors import (GuestEmulationFailure, GuestFault, HyperlightError, MemoryAccessViolation,
-                      StackOverflow)
+from ..errors import GuestEmulationFailure, GuestFault, HyperlightError, MemoryAccessViolation, StackOverflow
 from ..hypervisor import kvm
 from ..mem.layout import SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory
@@ -28,7 +27,7 @@ def _access(error_code: int) -> str:
 
 
 def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int,
-                     vm: "kvm.VirtualMachine | None" = None) -> HyperlightError:
+                     vm: kvm.VirtualMachine | None = None) -> HyperlightError:
     """Reads the frame the fault stub left on the stack (docs/abi.md, Faults)."""
     if layout.profile == "i686":
         return _i686_fault(mem, layout, vector_out, vm)
@@ -58,7 +57,7 @@ def fault_from_frame(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out:
 
 
 def _syscall_site(mem: SharedMemory, layout: SandboxMemoryLayout, vector: int, rip: int,
-                  vm: "kvm.VirtualMachine | None") -> "int | None":
+                  vm: kvm.VirtualMachine | None) -> int | None:
     """The address of the `syscall` (0f 05) that faulted, if one did: EFER.SCE is clear,
     so hardware raises #UD at it; kvm-pvm instead jumps to LSTAR (0), leaving the return
     address in rcx."""
@@ -81,7 +80,7 @@ FRAME_I686 = struct.Struct("<5I")  # vector, error, eip, cs, eflags (ascending a
 
 
 def _i686_fault(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int,
-                vm: "kvm.VirtualMachine | None") -> HyperlightError:
+                vm: kvm.VirtualMachine | None) -> HyperlightError:
     """The i686 stub pushed error code and vector on the guest's own stack (same CPL)."""
     if vm is None:
         return GuestFault(f"guest fault, vector {vector_out}", vector_out)
@@ -98,7 +97,7 @@ def _i686_fault(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int,
     return GuestFault(f"guest fault {name} (error code {error:#x}) at eip={eip:#x}", vector, error, eip)
 
 
-def fault_from_exit(code: int, vm: "kvm.VirtualMachine") -> HyperlightError:
+def fault_from_exit(code: int, vm: kvm.VirtualMachine) -> HyperlightError:
     """An exit that is not one of the ABI's ports."""
     pvm = " (kvm-pvm emulates guest CPL0 and 32-bit code)" if kvm.is_kvm_pvm() else ""
     if code == kvm.EXIT_MMIO:
@@ -134,7 +133,7 @@ def fault_from_exit(code: int, vm: "kvm.VirtualMachine") -> HyperlightError:
     return GuestFault(f"unexpected KVM exit reason {vm.exit_reason}{pvm} at rip={rip:#x}", -1, 0, rip)
 
 
-def _rip(vm: "kvm.VirtualMachine") -> int:
+def _rip(vm: kvm.VirtualMachine) -> int:
     try:
         return vm.get_regs()["rip"]
     except OSError:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-from typing import Optional
 
 from ..mem.shared_memory import SharedMemory
 
@@ -20,7 +19,7 @@ class GuestCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._value = 0
-        self._memory: Optional[SharedMemory] = None
+        self._memory: SharedMemory | None = None
         self._offset = 0
 
     def increment(self) -> int:

@@ -1,7 +1,7 @@
 """Hot mode for a MultiUseSandbox: `with sb.hot(spin=...)` (docs/architecture.md, "Hot mode")."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 from ..errors import HyperlightError, InvalidConfiguration
 
@@ -21,13 +21,13 @@ class HotMode:
     with an ordinary exit and nothing spins until the next call. Leaving the block (or
     closing the sandbox) parks the guest and ends the vCPU thread."""
 
-    def __init__(self, sandbox: "MultiUseSandbox", spin: float = DEFAULT_SPIN) -> None:
+    def __init__(self, sandbox: MultiUseSandbox, spin: float = DEFAULT_SPIN) -> None:
         if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 < spin <= 60:
             raise ValueError(f"spin must be seconds in (0, 60], got {spin!r}")
         self._sandbox = sandbox
         self.spin = float(spin)
 
-    def __enter__(self) -> "HotMode":
+    def __enter__(self) -> HotMode:
         self._sandbox._start_hot(self.spin)
         return self
 
@@ -38,7 +38,7 @@ class HotMode:
         return f"<HotMode spin={self.spin}s of {self._sandbox!r}>"
 
 
-def check_hot_capable(profile: str) -> Optional[HyperlightError]:
+def check_hot_capable(profile: str) -> HyperlightError | None:
     """Why a sandbox of this profile cannot be hot, or None."""
     if profile != "amd64":
         return InvalidConfiguration("hot mode needs the amd64 profile (the i686 guest runs once, during evolve())")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def output_function(writer: Any) -> Callable[[str], Any]:
@@ -12,13 +13,14 @@ def output_function(writer: Any) -> Callable[[str], Any]:
     string. Raises TypeError for anything else."""
     if writer is None:
         return lambda text: sys.stdout.write(text)
-    write = getattr(writer, "write", None)
+    write: Callable[[Any], Any] | None = getattr(writer, "write", None)
     if callable(write):
         if _is_binary(writer):
             return lambda text: write(text.encode("utf-8", "surrogateescape"))
         return write
     if callable(writer):
-        return writer
+        fn: Callable[[str], Any] = writer
+        return fn
     raise TypeError(f"writer must be a file-like object with write() or a callable taking a string, "
                     f"not {type(writer).__name__}")
 
