@@ -120,7 +120,7 @@ def main() -> int:
             "Sum": (("Sum", args.sum_n), sum_expected, args.sum_calls),
         }
         # Warm up: first calls pay page faults and cache misses.
-        for name, (call_args, expected, n) in hl_figures.items():
+        for call_args, expected, n in hl_figures.values():
             time_calls(sb.call, call_args, max(1, min(n, 100) // 5), expected)
 
         # per round: figure -> (median, p10, p90)
@@ -154,7 +154,7 @@ def main() -> int:
 
     rows = []
     for h, (f, target) in TARGETS.items():
-        ratios = [hr[h][0] / fr[f][0] for hr, fr in zip(hl_rounds, floor_rounds)]
+        ratios = [hr[h][0] / fr[f][0] for hr, fr in zip(hl_rounds, floor_rounds, strict=True)]
         ratio = statistics.median(ratios)
         rows.append({
             "figure": h if h != "Sum" else f"Sum({args.sum_n})",
@@ -179,7 +179,7 @@ def main() -> int:
     print(head)
     print("-" * len(head))
     for row in rows:
-        def cell(prefix):
+        def cell(prefix, row=row):
             m, lo, hi = row[f"{prefix}_median_us"], row[f"{prefix}_p10_us"], row[f"{prefix}_p90_us"]
             return f"{m:.2f} ({lo:.2f}-{hi:.2f})"
         ratio = f"{row['ratio']:.2f}x [{row['ratio_min']:.2f}-{row['ratio_max']:.2f}]"

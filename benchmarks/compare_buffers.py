@@ -58,7 +58,7 @@ def main() -> None:
                 times[k].append((time.perf_counter() - t) / args.calls)
     base = times["bytes -> bytes"]
     for k in names:
-        ratio = statistics.median(t / b for t, b in zip(times[k], base))
+        ratio = statistics.median(t / b for t, b in zip(times[k], base, strict=True))
         print(f"{k:32s} {statistics.median(times[k]) * 1e6:8.1f} us/call  x{ratio:.2f} of bytes -> bytes")
 
 

@@ -86,7 +86,7 @@ def main() -> None:
     rps: dict[str, list[float]] = {m: [] for m in counts}
     lat: dict[str, list[float]] = {m: [] for m in counts}
     try:
-        for m, (_, base) in servers.items():  # warm up
+        for _, base in servers.values():  # warm up
             asyncio.run(load(base, a.concurrency, a.concurrency))
         for r in range(a.rounds):
             for m in (list(counts) if r % 2 == 0 else list(counts)[::-1]):

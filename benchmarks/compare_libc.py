@@ -60,7 +60,7 @@ def main() -> int:
         for name, r in results.items():
             m = statistics.median(r)
             print(f"{name:<12} Echo median of round medians {m / 1000:7.2f} µs   ratio to simpleguest {m / base:.3f}")
-        ratios = [x / y for x, y in zip(results["libcguest"], results["simpleguest"])]
+        ratios = [x / y for x, y in zip(results["libcguest"], results["simpleguest"], strict=True)]
         print(f"libcguest / simpleguest per round: {', '.join(f'{r:.3f}' for r in ratios)}")
         for sb in sandboxes.values():
             sb.close()

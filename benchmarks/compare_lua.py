@@ -74,7 +74,7 @@ def main() -> int:
         contenders["lua5.4 -e, a process per run"] = lambda: subprocess.run([lua_bin, "-e", TRIVIAL], check=True)
     fib = {"hl fresh=True fib(27)": lambda: fresh.run(FIB), "lupa fib(27)": lambda: rt.execute(FIB)}
     rows: dict[str, list[float]] = {k: [] for k in [*contenders, *fib]}
-    for r in range(args.rounds):
+    for _ in range(args.rounds):
         for name, fn in contenders.items():
             rows[name].append(median_us(fn, args.calls if "process" not in name else max(10, args.calls // 20)))
         for name, fn in fib.items():
@@ -83,14 +83,15 @@ def main() -> int:
     title = 'run("return 1+1")'
     print(f"{title:<34} {'median µs':>10} {'x fresh lupa':>13}")
     for name in contenders:
-        ratio = statistics.median(a / b for a, b in zip(rows[name], rows[base]))
+        ratio = statistics.median(a / b for a, b in zip(rows[name], rows[base], strict=True))
         print(f"{name:<34} {statistics.median(rows[name]):>10.1f} {ratio:>13.2f}")
     print()
-    fib_ratio = statistics.median(a / b for a, b in zip(rows["hl fresh=True fib(27)"], rows["lupa fib(27)"]))
+    fib_pairs = zip(rows["hl fresh=True fib(27)"], rows["lupa fib(27)"], strict=True)
+    fib_ratio = statistics.median(a / b for a, b in fib_pairs)
     for name in fib:
         print(f"{name:<34} {statistics.median(rows[name]) / 1000:>10.2f} ms (quickest run per round, median)")
     print(f"{'fib(27) hl / lupa':<34} {fib_ratio:>10.2f}")
-    fresh_ratio = statistics.median(a / b for a, b in zip(rows["hl fresh=True"], rows[base]))
+    fresh_ratio = statistics.median(a / b for a, b in zip(rows["hl fresh=True"], rows[base], strict=True))
     print(f"\ntargets: fresh=True <= 2.5x fresh lupa: {fresh_ratio:.2f} {'ok' if fresh_ratio <= 2.5 else 'MISSED'}; "
           f"fib(27) <= 1.1x lupa: {fib_ratio:.2f} {'ok' if fib_ratio <= 1.1 else 'MISSED'}")
     return 0

@@ -91,7 +91,7 @@ def ratio_rounds(rounds: int, a, b) -> tuple[list[float], list[float]]:
 
 
 def report(name: str, ta: list[float], tb: list[float], n: int, invert: bool, target: str) -> None:
-    ratios = [(b / a if invert else a / b) for a, b in zip(ta, tb)]
+    ratios = [(b / a if invert else a / b) for a, b in zip(ta, tb, strict=True)]
     ma, mb = statistics.median(ta) / n * 1e6, statistics.median(tb) / n * 1e6
     print(f"{name}: {ma:.1f} us/call vs {mb:.1f} us/call -> ratio {statistics.median(ratios):.2f} "
           f"(rounds {min(ratios):.2f}..{max(ratios):.2f}; target {target})")

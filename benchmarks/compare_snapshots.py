@@ -124,7 +124,7 @@ def main() -> int:
     for group, h, f, target, what in ROWS:
         if h not in hl_rounds[0] or f not in floor_rounds[0]:
             continue
-        ratios = [hr[h][0] / fr[f][0] for hr, fr in zip(hl_rounds, floor_rounds)]
+        ratios = [hr[h][0] / fr[f][0] for hr, fr in zip(hl_rounds, floor_rounds, strict=True)]
         ratio = statistics.median(ratios)
         rows.append({
             "group": group, "figure": h, "floor_figure": f, "what": what,

@@ -31,8 +31,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -81,7 +81,7 @@ def machine() -> dict[str, str]:
 
 # -- peers --------------------------------------------------------------------------------------
 
-def wasmtime_call() -> Optional[Callable[[], object]]:
+def wasmtime_call() -> Callable[[], object] | None:
     try:
         import wasmtime
     except ImportError:
@@ -92,7 +92,7 @@ def wasmtime_call() -> Optional[Callable[[], object]]:
     return lambda: f(store, 7)
 
 
-def lupa_call() -> Optional[Callable[[], object]]:
+def lupa_call() -> Callable[[], object] | None:
     try:
         from lupa import LuaRuntime
     except ImportError:
@@ -101,7 +101,7 @@ def lupa_call() -> Optional[Callable[[], object]]:
     return lambda: f("hi")
 
 
-def subprocess_call() -> Optional[Callable[[], object]]:
+def subprocess_call() -> Callable[[], object] | None:
     if not os.path.exists("/bin/echo"):
         return None
     return lambda: subprocess.run(["/bin/echo", "hi"], capture_output=True, check=True).stdout.decode().strip()
@@ -216,11 +216,11 @@ def main() -> int:
     sb.close()
     snap.close()
 
-    def med(key: str) -> Optional[float]:
+    def med(key: str) -> float | None:
         vals = [rd[key] for rd in rounds if key in rd]
         return statistics.median(vals) if vals else None
 
-    def ratio(a: str, b: str) -> Optional[float]:
+    def ratio(a: str, b: str) -> float | None:
         vals = [rd[a] / rd[b] for rd in rounds if a in rd and b in rd]
         return statistics.median(vals) if vals else None
 
@@ -244,7 +244,7 @@ def main() -> int:
     ]
 
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = [f"# hlsandbox benchmark report",
+    lines = ["# hlsandbox benchmark report",
              "",
              f"{stamp['date']} · {stamp['cpu']} ({stamp['cores']} cores) · {stamp['kvm']} · "
              f"{args.rounds} interleaved rounds, {n} calls a round",
@@ -290,7 +290,7 @@ def chart(rows, med, stamp, path: Path) -> None:
     ax.set_yticks(y, labels)
     ax.set_xscale("log")
     ax.set_xlabel("median, µs (log scale)")
-    for yi, v in zip(y, values):
+    for yi, v in zip(y, values, strict=True):
         ax.text(v * 1.08, yi, f"{v:.2f}" if v < 100 else f"{v:.0f}", va="center", fontsize=8)
     ax.set_xlim(right=max(values) * 4)
     ax.set_title(f"hlsandbox (blue cold, red hot), raw-KVM floors (green), peers (grey)\n"

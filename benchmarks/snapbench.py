@@ -14,8 +14,9 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 # Hyperlight's sandbox sizes (its benches: default, small, medium, large heaps).
 SIZES = (("default", "1Mi"), ("small", "8Mi"), ("medium", "64Mi"), ("large", "256Mi"))
@@ -76,7 +77,7 @@ def new_sandbox(heap: str = "1Mi", bitmap: bool = False):
             os.environ["HLSANDBOX_DIRTY_BITMAP"] = old
 
 
-def resident_pages(sb) -> Optional[int]:
+def resident_pages(sb) -> int | None:
     """Pages of the sandbox's guest memory that hold data (what a snapshot copies), or
     None if this hlsandbox does not expose it (the floor then uses its own count)."""
     try:
@@ -85,7 +86,7 @@ def resident_pages(sb) -> Optional[int]:
         return None
 
 
-def copy_bytes(sb) -> Optional[int]:
+def copy_bytes(sb) -> int | None:
     """Bytes every restore of the sandbox copies whole (globals, I/O buffers, stack top),
     or None if this hlsandbox does not expose it (the floor then copies 56 KiB)."""
     try:
@@ -101,8 +102,8 @@ def heap_addr(sb) -> int:
 
 # ---- timing ----------------------------------------------------------------------------------
 
-def timed(op: Callable[[], Any], n: int, before: Optional[Callable[[], Any]] = None,
-          after: Optional[Callable[[Any], Any]] = None) -> list[float]:
+def timed(op: Callable[[], Any], n: int, before: Callable[[], Any] | None = None,
+          after: Callable[[Any], Any] | None = None) -> list[float]:
     """n samples (us) of op(); before() runs untimed ahead of each, after(result) untimed
     behind it (checks, cleanup)."""
     out = [0.0] * n
@@ -168,10 +169,10 @@ class Sandboxes:
         self.all.append(sb)
         return sb
 
-    def resident(self, name: str) -> Optional[int]:
+    def resident(self, name: str) -> int | None:
         return resident_pages(self.by_size[name])
 
-    def copied(self) -> Optional[int]:
+    def copied(self) -> int | None:
         return copy_bytes(self.heaps["1Mi"])
 
     def close(self) -> None:
@@ -261,7 +262,7 @@ class Sandboxes:
 
 # ---- the floor side (floor/snapfloor.c specs) -------------------------------------------------
 
-def floor_specs(counts: "Counts", resident: dict[str, Optional[int]], copied: Optional[int] = None) -> list[str]:
+def floor_specs(counts: Counts, resident: dict[str, int | None], copied: int | None = None) -> list[str]:
     """The snapfloor specs matching the figures; labels are the floor figure names
     used in ROWS (call_restore prints LABEL, LABEL.run, LABEL.restore). `resident`:
     pages per size that snapshot_create copies; `copied`: bytes each restore copies
@@ -303,7 +304,7 @@ class Counts:
     def dirty(self, count: int) -> int:
         return self.dirty_small if count <= 10 else self.dirty_100 if count <= 100 else self.dirty_1000
 
-    def scaled(self, f: float) -> "Counts":
+    def scaled(self, f: float) -> Counts:
         return Counts(**{k: max(1, round(v * f)) for k, v in vars(self).items()})
 
 
@@ -323,7 +324,7 @@ def spec_label(spec: str) -> str:
     return spec.rsplit(":label=", 1)[1].split(":")[0]
 
 
-def specs_of(specs: list[str], groups: "Optional[set[str]]") -> list[str]:
+def specs_of(specs: list[str], groups: set[str] | None) -> list[str]:
     """The floor specs of `groups` (all if None)."""
     if groups is None:
         return specs
@@ -331,7 +332,7 @@ def specs_of(specs: list[str], groups: "Optional[set[str]]") -> list[str]:
     return [s for s in specs if spec_label(s).startswith(prefixes)]
 
 
-def measure_hl(sbx: Sandboxes, counts: Counts, groups: Optional[set[str]] = None) -> dict[str, list[float]]:
+def measure_hl(sbx: Sandboxes, counts: Counts, groups: set[str] | None = None) -> dict[str, list[float]]:
     """Every hlsandbox figure of `groups` (all if None) once: {figure: samples_us}. Names as in ROWS."""
     out: dict[str, list[float]] = {}
     every = groups is None
@@ -361,7 +362,7 @@ def measure_hl(sbx: Sandboxes, counts: Counts, groups: Optional[set[str]] = None
 
 
 # (group, hlsandbox figure, floor figure, target ratio or None, what)
-ROWS: list[tuple[str, str, str, Optional[float], str]] = []
+ROWS: list[tuple[str, str, str, float | None, str]] = []
 for _name, _heap in SIZES:
     ROWS.append(("snapshot by size", f"snapshot[{_name}]", f"snapshot_create[{_name}]", None,
                  f"snapshot() of a {_heap} heap sandbox"))

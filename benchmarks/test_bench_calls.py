@@ -15,9 +15,8 @@ from __future__ import annotations
 import os
 import statistics
 
-import pytest
-
 import floor
+import pytest
 
 SUM_N = floor.SUM_N  # env HLSANDBOX_BENCH_SUM_N, default 10_000_000
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import floor
+import pytest
 import snapbench
 from snapbench import DIRTY_COUNTS, HEAPS_COMPARED, SIZES, Counts
 

@@ -135,8 +135,14 @@ class _PoolActor:
             raise self._error
         return self.node_id()
 
+    @property
+    def _live_pool(self) -> SandboxPool:
+        if self._pool is None:  # ready() raised the error that left the actor without one
+            raise self._error or HyperlightError("the actor's pool is closed")
+        return self._pool
+
     def call(self, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
-        return self._pool.call(name, *args, timeout=timeout)
+        return self._live_pool.call(name, *args, timeout=timeout)
 
     def call_many(self, name: str, arg_tuples: list[tuple[Any, ...]],
                   timeout: float | None) -> list[tuple[bool, Any]]:
@@ -144,7 +150,7 @@ class _PoolActor:
         out: list[tuple[bool, Any]] = []
         for args in arg_tuples:
             try:
-                out.append((True, self._pool.call(name, *args, timeout=timeout)))
+                out.append((True, self._live_pool.call(name, *args, timeout=timeout)))
             except HyperlightError as e:
                 out.append((False, e))
         return out
@@ -153,7 +159,7 @@ class _PoolActor:
         return ray.get_runtime_context().get_node_id()
 
     def stats(self) -> PoolStats:
-        return self._pool.stats()
+        return self._live_pool.stats()
 
     def close(self) -> None:
         if self._pool is not None:

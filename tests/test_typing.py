@@ -107,8 +107,6 @@ def test_user_mistake_is_reported(tmp_path: Path, name: str, body: str, code: st
     assert all(e.startswith(f"{script}:{marked[0]}:") for e in errors), result.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="sandbox/config.py types a size as int | str even once it is validated "
-                   "to bytes; a typed descriptor (set: int | str, get: int) is due on the config.py branch")
 def test_config_sizes_read_as_bytes(tmp_path: Path) -> None:
     script = tmp_path / "sizes.py"
     script.write_text(PRELUDE + "def heap_pages(c: SandboxConfiguration) -> int:\n    return c.heap_size // 4096\n")

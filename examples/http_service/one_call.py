@@ -7,8 +7,9 @@ and writes {"status": ..., "body": ...} on stdout, the answer the service sends.
 import json
 import sys
 
-import hlsandbox as hl
 from service import HOST_FUNCTIONS, call_answer, signatures
+
+import hlsandbox as hl
 
 
 def main() -> None:

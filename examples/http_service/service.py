@@ -26,8 +26,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -73,7 +74,7 @@ def decode_args(sig: hl.Signature, body: bytes) -> list[Any]:
     if len(args) != len(sig.params):
         raise BadRequest(f"{sig}: takes {len(sig.params)} arguments, got {len(args)}")
     out = []
-    for i, (value, kind) in enumerate(zip(args, sig.params), 1):
+    for i, (value, kind) in enumerate(zip(args, sig.params, strict=True), 1):
         if kind is hl.ValueType.BYTES:
             if not isinstance(value, str):
                 raise BadRequest(f"{sig}: argument {i} must be a base64 string")
@@ -213,7 +214,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, **app_args: Any) -> None:
     server.run(sockets=[sock])
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,9 +1,8 @@
 """The guest memory layout of both profiles (docs/abi.md, "Memory layout")."""
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass
-from typing import Optional
+from typing import Protocol
 
 from ..abi import HOT_MAILBOX_SIZE  # amd64: the hot-mode mailbox, the top bytes of the stack region
 from ..errors import InvalidConfiguration
@@ -46,6 +45,38 @@ ADDRESS_LIMIT = {"amd64": 1 << 36, "i686": 1 << 32}
 I686_SYSTEM_GPA = 0x1000
 I686_GDT_OFFSET, I686_IDT_OFFSET, I686_STUBS_OFFSET, I686_TSS_OFFSET = 0x000, 0x100, 0x200, 0x400
 I686_PEB_GPA = 0x2000
+
+
+# Smallest and largest value of each size a layout is made with (bytes; whole pages once a
+# SandboxConfiguration rounded them). Keyed by the configuration's names.
+SIZE_LIMITS = {
+    "heap_size": (PAGE, 64 << 30),
+    "stack_size": (2 * PAGE, 1 << 30),
+    "input_data_size": (PAGE, 1 << 30),
+    "output_data_size": (PAGE, 1 << 30),
+}
+
+
+class ImageShape(Protocol):
+    """What placing a guest image needs: an ElfImage, or the same fields read back from
+    a snapshot's layout."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def align(self) -> int: ...
+    @property
+    def profile(self) -> str: ...
+    @property
+    def link_base(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class _PlacedImage:
+    size: int
+    align: int
+    profile: str
+    link_base: int | None
 
 
 def align_up(n: int, a: int) -> int:
@@ -93,12 +124,12 @@ class SandboxMemoryLayout:
     addresses; host(gpa) turns one into an offset in the host mapping, which holds the
     snapshot region (at GPA 0) followed by the scratch region (at scratch_gpa)."""
 
-    def __init__(self, image: ElfImage, heap_size: int, stack_size: int, input_size: int,
-                 output_size: int, scratch_base: Optional[int] = None, profile: Optional[str] = None) -> None:
-        self.profile = profile or getattr(image, "profile", "amd64")
+    def __init__(self, image: ImageShape, heap_size: int, stack_size: int, input_size: int,
+                 output_size: int, scratch_base: int | None = None, profile: str | None = None) -> None:
+        self.profile: str = profile or image.profile
         if self.profile not in PROFILES:
             raise InvalidConfiguration(f"profile={self.profile!r}: use one of {', '.join(PROFILES)}")
-        image_profile = getattr(image, "profile", self.profile)
+        image_profile = image.profile
         if image_profile != self.profile:
             raise InvalidConfiguration(f"profile={self.profile!r} but the guest binary is an {image_profile} ELF")
         self.heap_size, self.stack_size = heap_size, stack_size
@@ -125,7 +156,7 @@ class SandboxMemoryLayout:
 
     # -- placement -------------------------------------------------------------------------
 
-    def _place_amd64(self, image: ElfImage, pt_pages: int) -> None:
+    def _place_amd64(self, image: ImageShape, pt_pages: int) -> None:
         at = self.pt_gpa + pt_pages * PAGE
         self.system_gpa = at
         at += SYSTEM_SIZE
@@ -136,11 +167,11 @@ class SandboxMemoryLayout:
         self.code_gpa = align_up(at, image.align)
         self.snapshot_size = self.code_gpa + self.image_size
 
-    def _place_i686(self, image: ElfImage) -> None:
+    def _place_i686(self, image: ImageShape) -> None:
         self.system_gpa = I686_SYSTEM_GPA
         self.peb_gpa = I686_PEB_GPA
         self.trampoline_gpa = 0
-        self.code_gpa = image.link_base if getattr(image, "link_base", None) is not None else 0x100000
+        self.code_gpa = image.link_base if image.link_base is not None else 0x100000
         self.snapshot_size = self.code_gpa + self.image_size
 
     def _place_scratch_parts(self) -> None:
@@ -155,7 +186,7 @@ class SandboxMemoryLayout:
             at += size
         self.scratch_size = at
 
-    def _place_scratch(self, base: Optional[int]) -> None:
+    def _place_scratch(self, base: int | None) -> None:
         limit = ADDRESS_LIMIT[self.profile]
         if base is None:
             top = APIC_PAGE if self.profile == "i686" else limit
@@ -257,8 +288,8 @@ class SandboxMemoryLayout:
                     flags = (flags | RW) if f & PF_X else USER_RW
             gpa = self.code_gpa + p * PAGE
             if out and out[-1].flags == flags and out[-1].end == gpa:
-                last = out[-1]
-                out[-1] = Region(last.name, last.gpa, last.size + PAGE, flags)
+                run = out[-1]
+                out[-1] = Region(run.name, run.gpa, run.size + PAGE, flags)
             else:
                 out.append(Region("code", gpa, PAGE, flags))
         before = self.trampoline_gpa + PAGE if self.profile == "amd64" else self.peb_gpa + PAGE
@@ -327,33 +358,35 @@ class SandboxMemoryLayout:
         return {k: getattr(self, k) for k in self._KEYS}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SandboxMemoryLayout":
+    def from_dict(cls, d: dict[str, object]) -> SandboxMemoryLayout:
         """Rebuilds a layout from describe(); raises ValueError if d is not one."""
         if not isinstance(d, dict) or set(d) != set(cls._KEYS):
             raise ValueError("layout fields missing or unknown")
         profile = d["profile"]
         if profile not in PROFILES:
             raise ValueError(f"layout profile {profile!r} is unknown")
-        numbers = {k: v for k, v in d.items() if k != "profile"}
-        if not all(type(v) is int and 0 <= v < 1 << 48 for v in numbers.values()):
-            raise ValueError("layout fields must be non-negative integers below 2**48")
-        align = d["image_align"]
+        n: dict[str, int] = {}
+        for k, v in d.items():
+            if k != "profile":
+                if type(v) is not int or not 0 <= v < 1 << 48:
+                    raise ValueError("layout fields must be non-negative integers below 2**48")
+                n[k] = v
+        align = n["image_align"]
         if align < PAGE or align > 1 << 21 or align & (align - 1):
             raise ValueError(f"image alignment {align:#x} is invalid")
-        from ..sandbox.config import SandboxConfiguration  # the sizes a configuration can produce
-        try:
-            cfg = SandboxConfiguration(heap_size=d["heap_size"], stack_size=d["stack_size"],
-                                       input_data_size=d["input_size"], output_data_size=d["output_size"])
-        except ValueError as e:
-            raise ValueError(f"layout sizes are invalid: {e}") from None
-        if (cfg.heap_size, cfg.stack_size, cfg.input_data_size, cfg.output_data_size) != \
-                (d["heap_size"], d["stack_size"], d["input_size"], d["output_size"]) or d["image_size"] % PAGE:
+        # The sizes a configuration can produce: whole pages within its limits.
+        for key, name in (("heap_size", "heap_size"), ("stack_size", "stack_size"),
+                          ("input_size", "input_data_size"), ("output_size", "output_data_size")):
+            lo, hi = SIZE_LIMITS[name]
+            if not lo <= n[key] <= hi:
+                raise ValueError(f"layout sizes are invalid: {key}={n[key]} is outside [{lo}, {hi}]")
+        if any(n[k] % PAGE for k in ("heap_size", "stack_size", "input_size", "output_size", "image_size")):
             raise ValueError("layout sizes are not whole pages")
-        image = types.SimpleNamespace(size=d["image_size"], align=align, profile=profile,
-                                      link_base=d["code_gpa"] if profile == "i686" else None)
+        image = _PlacedImage(size=n["image_size"], align=align, profile=str(profile),
+                             link_base=n["code_gpa"] if profile == "i686" else None)
         try:
-            layout = cls(image, d["heap_size"], d["stack_size"], d["input_size"], d["output_size"],
-                         scratch_base=d["scratch_gpa"], profile=profile)
+            layout = cls(image, n["heap_size"], n["stack_size"], n["input_size"], n["output_size"],
+                         scratch_base=n["scratch_gpa"], profile=str(profile))
         except Exception as e:  # sizes that no configuration produces
             raise ValueError(f"layout sizes are invalid: {e}") from None
         if layout.describe() != d:

@@ -4,27 +4,23 @@ from __future__ import annotations
 import math
 import os
 import re
-import threading
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..errors import InvalidConfiguration
+from ..mem.layout import SIZE_LIMITS
 
-Size = Union[int, str]
+Size = int | str
 
 PAGE_SIZE = 4096
 _UNITS = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(?:(Ki|Mi|Gi)B?)?\s*$")
 _DECIMAL_RE = re.compile(r"^\s*\d+\s*([kKMG])B?\s*$")
 
-# Smallest and largest values each size may take.
-_LIMITS = {
-    "heap_size": (PAGE_SIZE, 64 << 30),
-    "stack_size": (2 * PAGE_SIZE, 1 << 30),
-    "input_data_size": (PAGE_SIZE, 1 << 30),
-    "output_data_size": (PAGE_SIZE, 1 << 30),
-}
+_LIMITS = SIZE_LIMITS  # smallest and largest values each size may take
 
 LOG_LEVELS = {"trace": 0, "debug": 1, "info": 2, "information": 2, "warning": 3, "error": 4,
               "critical": 5, "none": 6}
@@ -38,6 +34,28 @@ def guest_level_of_python_level(level: int) -> int:
         if py_level >= level:
             return guest_level
     return 6
+
+
+_Set = TypeVar("_Set")
+_Get = TypeVar("_Get")
+
+if TYPE_CHECKING:
+    class _Checked(Generic[_Set, _Get]):
+        """For type checkers only: a field set as one type and read back as another, as the
+        validation in SandboxConfiguration.__setattr__ converts it ("8Mi" in, bytes out)."""
+
+        def __init__(self, default: _Set) -> None: ...
+        def __get__(self, obj: object, owner: Any) -> _Get: ...
+        def __set__(self, obj: object, value: _Set) -> None: ...
+else:
+    class _Checked:
+        """At run time the default itself (SandboxConfiguration.__setattr__ validates)."""
+
+        def __class_getitem__(cls, item):
+            return cls
+
+        def __new__(cls, default):
+            return default
 
 
 def parse_size(name: str, value: Size) -> int:
@@ -88,18 +106,18 @@ class SandboxConfiguration:
     `core_dump` is its path (hlsandbox/sandbox/core_dump.py).
     """
 
-    heap_size: Size = "1Mi"
-    stack_size: Size = "256Ki"
-    input_data_size: Size = "16Ki"
-    output_data_size: Size = "16Ki"
-    guest_log_level: Union[int, str, None] = None
-    max_execution_time: Union[float, None] = None
-    max_wait_time: Union[float, None] = None
+    heap_size: _Checked[Size, int] = _Checked("1Mi")
+    stack_size: _Checked[Size, int] = _Checked("256Ki")
+    input_data_size: _Checked[Size, int] = _Checked("16Ki")
+    output_data_size: _Checked[Size, int] = _Checked("16Ki")
+    guest_log_level: _Checked[int | str | None, int | None] = _Checked(None)
+    max_execution_time: float | None = None
+    max_wait_time: float | None = None
     guest_core_dump: bool = False
-    core_dump_dir: Union[str, "os.PathLike[str]"] = field(default_factory=tempfile.gettempdir)
+    core_dump_dir: str | os.PathLike[str] = field(default_factory=tempfile.gettempdir)
     restore_after_call: bool = False
-    scratch_base_gpa: Optional[int] = None
-    profile: Optional[str] = None
+    scratch_base_gpa: int | None = None
+    profile: str | None = None
 
     def __setattr__(self, name: str, value: object) -> None:
         # Every assignment, the constructor's included, is validated: a configuration
@@ -110,11 +128,11 @@ class SandboxConfiguration:
         object.__setattr__(self, name, check(value))
 
 
-def _size(name: str):
+def _size(name: str) -> Callable[[Any], int]:
     return lambda v: page_align(parse_size(name, v))
 
 
-def _log_level(lvl: object) -> Optional[int]:
+def _log_level(lvl: object) -> int | None:
     if isinstance(lvl, str):
         if lvl.lower() not in LOG_LEVELS:
             raise InvalidConfiguration(f"guest_log_level={lvl!r}: use one of {sorted(LOG_LEVELS)}")
@@ -127,13 +145,13 @@ def _log_level(lvl: object) -> Optional[int]:
     return lvl if lvl <= 6 else guest_level_of_python_level(lvl)
 
 
-def _profile(p: object) -> Optional[str]:
+def _profile(p: object) -> str | None:
     if p is not None and p not in ("amd64", "i686"):
         raise InvalidConfiguration(f"profile={p!r}: use 'amd64', 'i686' or None (from the ELF)")
     return p
 
 
-def _scratch_base(b: object) -> Optional[int]:
+def _scratch_base(b: object) -> int | None:
     if b is not None:
         if isinstance(b, bool) or not isinstance(b, int) or b < 0:
             raise InvalidConfiguration(f"scratch_base_gpa={b!r}: use a non-negative integer address or None")
@@ -143,7 +161,7 @@ def _scratch_base(b: object) -> Optional[int]:
     return b
 
 
-def _flag(name: str):
+def _flag(name: str) -> Callable[[object], bool]:
     def check(v: object) -> bool:
         if not isinstance(v, bool):
             raise InvalidConfiguration(f"{name}={v!r}: use True or False")
@@ -151,7 +169,7 @@ def _flag(name: str):
     return check
 
 
-def _execution_time(t: object) -> Optional[float]:
+def _execution_time(t: object) -> float | None:
     if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0):
         raise InvalidConfiguration(f"max_execution_time={t!r}: use a positive number of seconds or None")
     if t is not None and t != math.inf and t > threading.TIMEOUT_MAX:
@@ -160,7 +178,7 @@ def _execution_time(t: object) -> Optional[float]:
     return t
 
 
-def _wait_time(w: object) -> Optional[float]:
+def _wait_time(w: object) -> float | None:
     if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0):
         raise InvalidConfiguration(f"max_wait_time={w!r}: use seconds >= 0 (0: never wait) or None (no limit)")
     return w

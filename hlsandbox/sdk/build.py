@@ -15,7 +15,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 from ..errors import GuestBuildError
 
@@ -23,7 +23,7 @@ PROFILES = ("amd64", "i686")
 API_NAMES = ("hlsandbox", "hyperlight")  # hyperlight: amd64 only (hyperlight_guest.h)
 ZIG_VERSION = "0.17.0"  # pinned with the ziglang dependency in pyproject.toml
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike[str]
 
 _HERE = pathlib.Path(__file__).resolve().parent
 
@@ -112,7 +112,7 @@ def _gcc_m32() -> list[str]:
     return [cc]
 
 
-def build(sources: Union[PathLike, Sequence[PathLike]], output: PathLike, *, profile: str = "amd64",
+def build(sources: PathLike | Sequence[PathLike], output: PathLike, *, profile: str = "amd64",
           api: str = "hlsandbox", include_dirs: Iterable[PathLike] = (), defines: Iterable[str] = (),
           optimize: str = "2", extra_cflags: Iterable[str] = ()) -> str:
     """Compiles C (and .S) `sources` with the SDK into the guest ELF `output`; returns its path.

@@ -81,7 +81,7 @@ async def send_all(base, requests, concurrency):
 
 
 def check(requests, answers):
-    for (name, body, status, expected), r in zip(requests, answers):
+    for (name, body, status, expected), r in zip(requests, answers, strict=True):
         assert r.status_code == status, (name, body, r.status_code, r.text)
         assert r.headers["content-type"] == "application/json"
         if expected is not None:

@@ -11,8 +11,7 @@ import struct
 import pytest
 
 import hlsandbox as hl
-from hlsandbox.mem.elf import (EXCEPTION_STUBS_SYMBOL, PF_R, PF_W, PF_X, R_X86_64_RELATIVE, GuestBinary,
-                               parse_elf)
+from hlsandbox.mem.elf import EXCEPTION_STUBS_SYMBOL, PF_R, PF_W, PF_X, R_X86_64_RELATIVE, GuestBinary, parse_elf
 
 GUEST_PATH = hl.guests.path("simpleguest")
 GUEST = pathlib.Path(GUEST_PATH).read_bytes()
@@ -130,7 +129,7 @@ def test_simpleguest_segments_match_file():
     assert len(loads) >= 2
     assert [(s.vaddr, s.memsz, s.flags) for s in im.segments] == [(h["vaddr"], h["memsz"], h["flags"])
                                                                   for h in loads]
-    for s, h in zip(im.segments, loads):
+    for s, h in zip(im.segments, loads, strict=True):
         assert s.data == GUEST[h["offset"]:h["offset"] + h["filesz"]]
         assert len(s.data) == h["filesz"]
     assert {s.flags for s in im.segments} >= {PF_R | PF_X, PF_R | PF_W}
@@ -660,7 +659,7 @@ def test_nanvixlike_parses():
     assert 0x10000 <= low and max(h["vaddr"] + h["memsz"] for h in loads) <= 0xFEE00000
     assert [(s.vaddr, s.memsz, s.flags) for s in im.segments] == [(h["vaddr"] - low, h["memsz"], h["flags"])
                                                                   for h in loads]
-    for s, h in zip(im.segments, loads):
+    for s, h in zip(im.segments, loads, strict=True):
         assert s.data == data[h["offset"]:h["offset"] + h["filesz"]]
     assert im.entry == struct.unpack_from("<I", data, 24)[0] - low
     assert any(s.vaddr <= im.entry < s.vaddr + s.memsz and s.flags & PF_X for s in im.segments)

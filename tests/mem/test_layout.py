@@ -9,9 +9,26 @@ import pytest
 
 import hlsandbox as hl
 from hlsandbox.mem.elf import PF_R, PF_W, PF_X, ElfImage, Segment
-from hlsandbox.mem.layout import (APIC_PAGE, NOT_PRESENT, NX, PAGE, RW, STACK_COPY, SUPERVISOR_RW, SYSTEM_SIZE,
-                                  US, USER_RO, USER_RW, USER_RX, P, SandboxMemoryLayout, align_up,
-                                  check_scratch_base, page_table_pages, page_table_pages_for)
+from hlsandbox.mem.layout import (
+    APIC_PAGE,
+    NOT_PRESENT,
+    NX,
+    PAGE,
+    RW,
+    STACK_COPY,
+    SUPERVISOR_RW,
+    SYSTEM_SIZE,
+    US,
+    USER_RO,
+    USER_RW,
+    USER_RX,
+    P,
+    SandboxMemoryLayout,
+    align_up,
+    check_scratch_base,
+    page_table_pages,
+    page_table_pages_for,
+)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 AMD64_TOP = 1 << 36  # the default amd64 scratch region ends here
@@ -73,7 +90,7 @@ def split_regions(layout, image):
     for part, start, end in ((snap, 0, layout.snapshot_size),
                              (scratch, layout.scratch_gpa, layout.scratch_gpa + layout.scratch_size)):
         assert part[0].gpa == start
-        for a, b in zip(part, part[1:]):
+        for a, b in itertools.pairwise(part):
             assert a.end == b.gpa, (a, b)  # contiguous: no overlap and no hole
         assert part[-1].end == end
     assert layout.snapshot_size <= layout.scratch_gpa  # no overlap between the parts

@@ -10,8 +10,20 @@ import pytest
 
 import hlsandbox as hl
 from hlsandbox.mem.builder import build_guest_memory
-from hlsandbox.mem.layout import (NOT_PRESENT, NX, PAGE, RW, SUPERVISOR_RW, US, USER_RO, USER_RW, USER_RX, P,
-                                  SandboxMemoryLayout, page_table_pages_for)
+from hlsandbox.mem.layout import (
+    NOT_PRESENT,
+    NX,
+    PAGE,
+    RW,
+    SUPERVISOR_RW,
+    US,
+    USER_RO,
+    USER_RW,
+    USER_RX,
+    P,
+    SandboxMemoryLayout,
+    page_table_pages_for,
+)
 from hlsandbox.mem.paging import RegionMap, build_page_tables
 from hlsandbox.mem.shared_memory import SharedMemory
 

@@ -1,8 +1,8 @@
 """Guests of tests/sdk/guests, built once per session through hlsandbox.sdk.build."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
