@@ -289,12 +289,6 @@ def test_fixed_region_flags(guest):
     assert NX == 1 << 63
 
 
-def test_user_flag_constants():
-    assert USER_RX == P | US and not USER_RX & NX and not USER_RX & RW
-    assert USER_RW == P | RW | US | NX
-    assert USER_RO == P | US | NX
-
-
 def test_stack_guard_and_host_page(guest):
     layout = make_layout(guest.image, hl.SandboxConfiguration(stack_size="64Ki"))
     end = layout.scratch_gpa + layout.scratch_size

@@ -5,6 +5,8 @@ tables live in the snapshot region, where host offsets equal GPAs, so the walker
 them by host offset."""
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -491,3 +493,46 @@ def test_page_table_pages_for_is_what_the_builder_uses():
             check_walk(mem64, 0, used, regions, merged)
         finally:
             shm.close()
+
+
+# What the CPU reads from a leaf PTE (Intel SDM vol. 3A, 4.5, table 4-20), written out here
+# rather than taken from mem/layout.py, so that a wrong flag constant there fails.
+def permissions(pte: int) -> str:
+    """"" (not mapped), or the access a CPL3 guest has: "r", "rw", "rx", "rwx"; "kernel"
+    for a page only CPL0 may touch."""
+    if not pte & 1:
+        return ""
+    if not pte & 4:
+        return "kernel"
+    return "r" + ("w" if pte & 2 else "") + ("" if pte >> 63 else "x")
+
+
+def test_page_permissions_are_what_the_guest_gets(guest):
+    layout = layout_for(guest)
+    shm = build_guest_memory(guest.image, layout, guest.name)
+    try:
+        w = check_walk(u64(shm), layout.pt_gpa, layout.pt_size,
+                       [(r.gpa, r.end, r.flags) for r in layout.regions(guest.image)], layout.mapped_ranges())
+        # Per image page, what its program headers ask for (raw ELF, not pyelftools or the builder).
+        data = open(hl.guests.path("simpleguest"), "rb").read()
+        phoff, phentsize, phnum = struct.unpack_from("<Q", data, 32)[0], *struct.unpack_from("<HH", data, 54)
+        want: dict[int, str] = {}
+        for i in range(phnum):
+            ptype, pflags, _, vaddr, _, _, memsz, _ = struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize)
+            if ptype == 1 and memsz:  # PT_LOAD; p_flags: 1 X, 2 W, 4 R
+                for page in range(vaddr // PAGE, (vaddr + memsz - 1) // PAGE + 1):
+                    have = want.get(page, "r")
+                    want[page] = "r" + ("w" if pflags & 2 or "w" in have else "") + \
+                        ("x" if pflags & 1 or "x" in have else "")
+        got = {p: permissions(w.pte(layout.code_gpa + p * PAGE)) for p in range(layout.image_size // PAGE)}
+        assert got == {p: want.get(p, "") for p in got}
+        assert {"rx", "r", "rw"} <= set(got.values())
+        assert permissions(w.pte(layout.system_gpa)) == "kernel"
+        assert permissions(w.pte(layout.peb_gpa)) == "r"
+        assert permissions(w.pte(layout.trampoline_gpa)) == "rx"
+        assert permissions(w.pte(layout.counter_gpa)) == "r"
+        for gpa in (layout.input_gpa, layout.output_gpa, layout.heap_gpa, layout.stack_top - 8):
+            assert permissions(w.pte(gpa)) == "rw", hex(gpa)
+        assert permissions(w.pte(layout.guard_gpa)) == permissions(w.pte(0)) == ""
+    finally:
+        shm.close()
