@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Awaitable, Callable, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .watchdog import WATCHDOG
 
@@ -29,7 +30,7 @@ class CallGuard:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._target: Optional[Any] = None  # a sandbox-like object with interrupt_handle()
+        self._target: Any | None = None  # a sandbox-like object with interrupt_handle()
         self.cancelled = False
 
     def enter(self, sandbox: Any) -> None:
@@ -65,34 +66,6 @@ def kill_call(sandbox: Any) -> None:
         handle().kill()
     except Exception:  # closed meanwhile: there is no call to stop
         pass
-
-
-def run_in_thread(submit: Callable[[Callable[[], None]], Any], fn: Callable[[], Any]) -> "asyncio.Future[Any]":
-    """Runs `fn` through `submit` (an executor's submit) and returns an asyncio future of
-    its result, settled with one call_soon_threadsafe: lighter on the loop's thread than
-    wrap_future's chain of a concurrent future (its lock, its callbacks, a copy of its state)."""
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def job() -> None:
-        try:
-            result = fn()
-        except BaseException as e:  # noqa: BLE001: handed to the awaiting task
-            loop.call_soon_threadsafe(_settle, future, None, e)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
-
-    submit(job)
-    return future
-
-
-def _settle(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 async def await_cancellable(awaitable: Awaitable[Any], guard: CallGuard) -> Any:

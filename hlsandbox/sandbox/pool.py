@@ -24,10 +24,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protoco
 from ..errors import PoolExhausted, SandboxClosed
 from ..mem.elf import GuestBinary
 from ..mem.snapshot import Snapshot, is_snapshot_file
-from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded, run_in_thread
+from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded
 from .config import SandboxConfiguration
 from .multi_use import MultiUseSandbox
 from .uninitialized import UninitializedSandbox
+from .workers import Workers
 
 LOG = logging.getLogger("hlsandbox.pool")
 DEFAULT_MAX_WAIT = 30.0  # seconds a caller waits for a free sandbox unless told otherwise
@@ -145,7 +146,7 @@ class SandboxPool:
         self._waiting = 0  # threads in _acquire() waiting for a sandbox
         self._missing = 0  # sandboxes to create when next needed (a replacement failed)
         self._closed = False
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._workers = Workers(size)  # threads start with the first submit(), map() or acall()
         self._lends = self._calls = self._restores = self._replacements = self._exhausted = 0
         self._errors: collections.Counter[str] = collections.Counter()
         self._waits: collections.deque[float] = collections.deque(maxlen=WAIT_SAMPLES)
@@ -204,15 +205,24 @@ class SandboxPool:
         """call() on one of the pool's worker threads (one per sandbox): a
         concurrent.futures.Future of its result. Cancelling the future before it runs
         drops the call."""
-        return self._workers().submit(self.call, name, *args, timeout=timeout)
+        return self._workers.submit(self.call, name, *args, timeout=timeout)
 
     def map(self, name: str, *iterables: Iterable[Any], timeout: Optional[float] = None) -> Iterator[Any]:
         """Like Executor.map: guest function `name` called with an argument from each of
         `iterables`, on the pool's worker threads; results in order (a call's exception
         is raised when its result is reached). `timeout` limits each guest call."""
-        def one(*args: Any) -> Any:
-            return self.call(name, *args, timeout=timeout)
-        return self._workers().map(one, *iterables)
+        futures = [self.submit(name, *args, timeout=timeout) for args in zip(*iterables)]
+
+        def results() -> Iterator[Any]:
+            # As Executor.map: in order, and closing the iterator cancels what has not started.
+            try:
+                futures.reverse()
+                while futures:
+                    yield futures.pop().result()
+            finally:
+                for f in futures:
+                    f.cancel()
+        return results()
 
     async def acall(self, name: str, *args: Any, timeout: Optional[float] = None) -> Any:
         """call() without blocking the event loop (it runs on the pool's worker
@@ -220,7 +230,7 @@ class SandboxPool:
         kills one that runs; the sandbox is restored before it is lent again."""
         guard = CallGuard()
         # A task cancelled before its call starts: the worker sees guard.cancelled and drops it.
-        future = run_in_thread(self._workers().submit, lambda: self._guarded_call(guard, name, args, timeout))
+        future = self._workers.run_for_loop(lambda: self._guarded_call(guard, name, args, timeout))
         return await await_cancellable(future, guard)
 
     def _guarded_call(self, guard: CallGuard, name: str, args: tuple, timeout: Optional[float]) -> Any:
@@ -242,18 +252,6 @@ class SandboxPool:
             raise
         finally:
             self._release(sb, restored, called=not guard.cancelled)
-
-    def _workers(self) -> concurrent.futures.ThreadPoolExecutor:
-        executor = self._executor
-        if executor is None:
-            with self._cond:
-                if self._closed:
-                    raise SandboxClosed("the pool is closed")
-                if self._executor is None:
-                    self._executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=self._size, thread_name_prefix="hlsandbox-pool")
-                executor = self._executor
-        return executor
 
     def _acquire(self, wait: Optional[float]) -> Any:
         if wait is None:
@@ -394,15 +392,12 @@ class SandboxPool:
             sandboxes = list(self._all.values())
             self._free.clear()
             self._all.clear()
-            executor, self._executor = self._executor, None
             self._cond.notify_all()
         for sb in sandboxes:
             _close_quietly(sb)
-        if executor is not None:
-            # Queued work fails with SandboxClosed; from a worker thread itself, do not
-            # wait for it (its own join would deadlock).
-            on_worker = threading.current_thread().name.startswith("hlsandbox-pool")
-            executor.shutdown(wait=not on_worker, cancel_futures=True)
+        # Queued submit()s are cancelled, queued acall()s raise SandboxClosed; from a
+        # worker thread itself, the others are not waited for (its own join would deadlock).
+        self._workers.close()
         if self._owned_snapshot is not None:
             self._owned_snapshot.close()
             self._owned_snapshot = None

@@ -143,3 +143,44 @@ def test_cancel_before_the_worker_starts_the_call(run):
         while pool.stats().lent and time.monotonic() < end:
             time.sleep(0.01)
         assert pool.stats().lent == 0 and pool.stats().free == 2
+
+
+def test_closing_the_pool_settles_running_and_queued_acalls(run):
+    """close() while acalls run and wait: every task ends (the running one stopped, the
+    queued ones refused), none hangs."""
+    pool = hl.SandboxPool(SIMPLE, size=1)
+
+    async def main():
+        tasks = [asyncio.ensure_future(pool.acall("Spin"))]
+        tasks += [asyncio.ensure_future(pool.acall("Add", i, 1)) for i in range(20)]
+        await until(lambda: pool.stats().lent == 1)
+        await asyncio.sleep(0.05)  # Spin is in the guest
+        await asyncio.get_running_loop().run_in_executor(None, pool.close)
+        done, pending = await asyncio.wait(tasks, timeout=10)
+        assert not pending
+        errors = [type(t.exception()) for t in tasks]
+        assert errors[0] in (hl.SandboxClosed, hl.ExecutionCanceled)
+        assert set(errors[1:]) == {hl.SandboxClosed}
+        with pytest.raises(hl.SandboxClosed):
+            await pool.acall("Add", 1, 1)
+    run(main())
+
+
+def test_pool_acalls_from_two_event_loops_at_once():
+    """Each loop gets its own results, while the other loop's results flow too."""
+    import threading
+    with hl.SandboxPool(SIMPLE, size=2) as pool:
+        out: dict[int, list[int]] = {}
+
+        def on_own_loop(k: int) -> None:
+            async def main():
+                return await asyncio.gather(*(pool.acall("Add", i, k) for i in range(300)))
+            out[k] = asyncio.run(main())
+
+        threads = [threading.Thread(target=on_own_loop, args=(k,)) for k in (1000, 2000)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert out == {k: [i + k for i in range(300)] for k in (1000, 2000)}
+        assert pool.stats().calls == 600
