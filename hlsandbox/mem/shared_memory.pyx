@@ -5,8 +5,8 @@ Reads and writes from Python are bounds-checked; Cython code takes `base`
 directly and checks ranges itself."""
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy, memset
-from posix.mman cimport mmap, munmap, madvise, mincore, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FAILED
-from libc.stdlib cimport malloc, free
+from posix.mman cimport (mmap, munmap, madvise, mincore, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED,
+                         MAP_ANONYMOUS, MAP_FAILED)
 from cpython.buffer cimport PyBUF_WRITABLE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
