@@ -60,8 +60,3 @@ def test_require_kvm_fails_the_test_run(tmp_path):
 @pytest.mark.kvm
 def test_check_kvm_passes_here():
     kvm.check_kvm()
-
-
-@pytest.mark.kvm
-def test_kvm_pvm_detection_matches_sysfs():
-    assert kvm.is_kvm_pvm() == os.path.exists("/sys/module/kvm_pvm")
