@@ -42,7 +42,7 @@ from .errors import (
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .lua import LuaError, LuaResult, LuaSandbox, LuaSandboxPool, LuaSyntaxError
 from .mem.elf import GuestBinary
-from .mem.snapshot import Snapshot
+from .sandbox.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
 from .sandbox.hot_mode import HotMode
 from .sandbox.interrupt import InterruptHandle

@@ -95,7 +95,7 @@ class HostFunctionNotFound(GuestError):
 class GuestAborted(HyperlightError):
     """The guest called abort: carries the guest's code and message."""
 
-    core_dump = None  # path of the guest core file (SandboxConfiguration.guest_core_dump), else None
+    core_dump: str | None = None  # path of the guest core file (SandboxConfiguration.guest_core_dump), else None
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"guest aborted with code {code}: {message}")
@@ -106,7 +106,7 @@ class GuestAborted(HyperlightError):
 class GuestFault(HyperlightError):
     """The guest took a CPU exception (vector, error code, faulting RIP)."""
 
-    core_dump = None  # path of the guest core file (SandboxConfiguration.guest_core_dump), else None
+    core_dump: str | None = None  # path of the guest core file (SandboxConfiguration.guest_core_dump), else None
 
     def __init__(self, message: str, vector: int, error_code: int = 0, rip: int = 0) -> None:
         super().__init__(message)

@@ -38,7 +38,7 @@ except ImportError as e:  # pragma: no cover (the extra is installed where this 
 
 from .errors import HyperlightError
 from .mem.elf import GuestBinary
-from .mem.snapshot import Snapshot, data_extents, is_snapshot_file
+from .sandbox.snapshot import Snapshot, data_extents, is_snapshot_file
 from .sandbox.config import SandboxConfiguration
 from .sandbox.pool import PoolStats, SandboxPool, _snapshot_of
 

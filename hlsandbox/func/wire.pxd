@@ -1,3 +1,4 @@
+cimport cython
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
@@ -25,6 +26,7 @@ cdef class Writer:
     cdef void value(self, int tag, object v, object where) except *
 
 
+@cython.final
 cdef class RecordStack:
     cdef uint8_t *base
     cdef readonly uint64_t size
@@ -35,6 +37,6 @@ cdef class RecordStack:
     cdef uint64_t checked_top(self) except? 0xffffffffffffffff
     cdef Reader pop(self, int expect_kind, str what)
     cdef int push(self, int kind, bytearray payload) except -1
-    cdef int push_call_c(self, bytes name, tuple tags, tuple args) except -1
-    cdef object pop_result_c(self, int expected_tag)
+    cpdef int push_call(self, bytes name, tuple tags, tuple args) except -1
+    cpdef object pop_result(self, int expected_tag)
     cdef int raise_error_record(self) except -1

@@ -329,11 +329,8 @@ cdef class RecordStack:
 
     # -- host -> guest ------------------------------------------------------------------------
 
-    def push_call(self, bytes name, tuple tags, tuple args):
+    cpdef int push_call(self, bytes name, tuple tags, tuple args) except -1:
         """Empties the buffer and pushes a CALL record; args are checked against tags."""
-        self.push_call_c(name, tags, args)
-
-    cdef int push_call_c(self, bytes name, tuple tags, tuple args) except -1:
         if len(args) != len(tags):
             raise GuestFunctionParameterTypeMismatch(
                 f"{name.decode()}: takes {len(tags)} arguments, got {len(args)}")
@@ -374,10 +371,6 @@ cdef class RecordStack:
 
     # -- guest -> host ------------------------------------------------------------------------
 
-    def pop_result(self, int expected_tag):
-        """Pops the RETURN or ERROR record that ends a call; raises the matching error."""
-        return self.pop_result_c(expected_tag)
-
     cdef int raise_error_record(self) except -1:
         """Raises the error an ERROR record on top reports (if there is one)."""
         cdef uint64_t top = self.checked_top()
@@ -415,7 +408,8 @@ cdef class RecordStack:
         finally:
             PyBuffer_Release(&view)
 
-    cdef object pop_result_c(self, int expected_tag):
+    cpdef object pop_result(self, int expected_tag):
+        """Pops the RETURN or ERROR record that ends a call; raises the matching error."""
         cdef int tag = 0
         self.raise_error_record()
         cdef Reader r = self.pop(KIND_RETURN, "result record")

@@ -2,18 +2,18 @@
 """The per-call hot path in Cython: claim the vCPU, write the CALL record, run until
 HALT, read the result. Exits other than HALT (host calls, logs, prints, faults) go
 to the sandbox's Python handler, which serves them or raises to end the call."""
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
 
+from ..abi cimport HL_PORT_HALT as PORT_HALT
 from ..func.wire cimport RecordStack
-from libc.stdint cimport uint8_t
-from ..hypervisor.kvm cimport (VirtualMachine, hl_vcpu_state, hl_stage_registers, hl_state_fxsave,
-                               hl_state_rip)
+from ..hypervisor.kvm cimport VirtualMachine, hl_stage_registers, hl_state_fxsave, hl_state_rip, hl_vcpu_state
 from ..mem.shared_memory cimport SharedMemory
 
-from ..errors import ExecutionCanceled, PoisonedSandbox
+from functools import partial
 
-from ..abi cimport HL_PORT_HALT as PORT_HALT
+from ..errors import ExecutionCanceled, PoisonedSandbox
+from .watchdog import WATCHDOG
 
 
 cdef class CallPath:
@@ -22,6 +22,7 @@ cdef class CallPath:
     cdef VirtualMachine vm
     cdef RecordStack input, output
     cdef object serve  # serve(rc, generation): handles one non-HALT exit or raises
+    cdef public object on_timeout  # on_timeout(generation): a call's time limit passed
     cdef public bint poisoned  # set when a call ends other than by HALT
     # The snapshot restored last and the generation of the claim that restored it, both set
     # while the vCPU is claimed: if the VM's generation has not moved on, no call has run
@@ -29,11 +30,12 @@ cdef class CallPath:
     cdef public object pending
     cdef public uint64_t pending_generation
 
-    def __init__(self, VirtualMachine vm, RecordStack input, RecordStack output, serve):
+    def __init__(self, VirtualMachine vm, RecordStack input, RecordStack output, serve, on_timeout):
         self.vm = vm
         self.input = input
         self.output = output
         self.serve = serve
+        self.on_timeout = on_timeout
 
     cpdef uint64_t begin(self, double wait=-2.0) except 0:
         """Claims the vCPU for a call, waiting for one running in another thread (`wait`:
@@ -51,6 +53,19 @@ cdef class CallPath:
             if self.poisoned:  # by the call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             return self._claimed_call(generation, name, tags, ret_tag, args)
+        finally:
+            self.vm.end_c()
+
+    def call_limited(self, bytes name, tuple tags, int ret_tag, tuple args, double wait, double timeout, out):
+        """call() with a time limit of `timeout` seconds (<= 0: none; on_timeout() stops
+        the call when it passes) and, if `out` is not None, the bytes result decoded into
+        the writable buffer `out` (returns its length)."""
+        cdef uint64_t generation = self.vm.begin_c(wait)
+        try:
+            if self.poisoned:  # by the call this one waited for
+                raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
+            return claimed_limited_call(self, self.input, self.output, generation, name, tags, ret_tag, args,
+                                        timeout, out)
         finally:
             self.vm.end_c()
 
@@ -84,13 +99,13 @@ cdef class CallPath:
             self.vm.end_c()
 
     cdef object _claimed_call(self, uint64_t generation, bytes name, tuple tags, int ret_tag, tuple args):
-        self.input.push_call_c(name, tags, args)
+        self.input.push_call(name, tags, args)
         self.output.clear()
         self.run_until_halt(generation)
         # Decode while the vCPU is still claimed: once end_c() runs, close() in another
         # thread may unmap guest memory (a GC pass or a GuestError's __init__ can
         # switch threads in the middle of the decode).
-        return self.output.pop_result_c(ret_tag)
+        return self.output.pop_result(ret_tag)
 
     cpdef run_until_halt(self, uint64_t generation):
         """Runs until the guest halts; the vCPU must be claimed with begin(). Anything
@@ -112,6 +127,23 @@ cdef class CallPath:
                 # (serve() has already read the exit details and registers.)
                 self.vm.complete_pending_exit()
             raise
+
+
+def claimed_limited_call(path, RecordStack input, RecordStack output, uint64_t generation, bytes name,
+                                tuple tags, int ret_tag, tuple args, double timeout, out):
+    """The body of call_limited() (CallPath and HotPath), the vCPU claimed by the caller."""
+    token = WATCHDOG.arm(timeout, partial(path.on_timeout, generation)) if timeout > 0 else None
+    try:
+        input.push_call(name, tags, args)
+        output.clear()
+        path.run_until_halt(generation)
+    finally:
+        if token is not None:
+            WATCHDOG.disarm(token)
+    # Decoded before the caller's end_c(), as in CallPath._claimed_call().
+    if out is None:
+        return output.pop_result(ret_tag)
+    return output.pop_result_into(out)
 
 
 cdef size_t copy_back(VirtualMachine vm, SharedMemory dst, SharedMemory src,

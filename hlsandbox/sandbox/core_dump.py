@@ -41,14 +41,21 @@ import logging
 import os
 import struct
 import tempfile
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Protocol
 
 from ..errors import GuestAborted, GuestFault
+from ..mem.layout import SandboxMemoryLayout
+from ..mem.shared_memory import SharedMemory
 from ..mem.system_tables import DOUBLE_FAULT, PORT_FAULT
 from .faults import FRAME
 
-if TYPE_CHECKING:
-    from .multi_use import MultiUseSandbox
+
+class StoppedVcpu(Protocol):
+    """The vCPU state a dump reads (hypervisor.kvm.VirtualMachine has it)."""
+
+    def get_regs(self) -> dict[str, int]: ...
+    def get_sregs(self) -> dict[str, Any]: ...
+    def io_byte(self) -> int: ...
 
 LOG = logging.getLogger("hlsandbox.core_dump")
 
@@ -80,48 +87,44 @@ _SIGNALS = {0: SIGFPE, 1: SIGTRAP, 3: SIGTRAP, 4: SIGSEGV, 5: SIGSEGV, 6: SIGILL
             12: SIGBUS, 13: SIGSEGV, 14: SIGSEGV, 16: SIGFPE, 17: SIGBUS, 19: SIGFPE}
 
 
-def attach_core_dump(sandbox: "MultiUseSandbox", exc: BaseException, rc: int) -> BaseException:
-    """Sets `exc.core_dump` for a guest fault or abort (writing the dump if the sandbox's
-    configuration asks for one) and returns exc. `rc` is the exit that stopped the guest."""
+def attach_core_dump(exc: BaseException, rc: int, directory: str | os.PathLike[str] | None,
+                     memory: SharedMemory, layout: SandboxMemoryLayout, vcpu: StoppedVcpu) -> BaseException:
+    """Sets `exc.core_dump` for a guest fault or abort and returns exc: the path of a dump
+    written into `directory` (None: dumps are off, and `core_dump` is None). `rc` is the
+    exit that stopped the guest; `vcpu` is stopped there."""
     if not isinstance(exc, (GuestFault, GuestAborted)):
         return exc
     exc.core_dump = None
-    if not getattr(sandbox.config, "guest_core_dump", False):
+    if directory is None:
         return exc
-    if getattr(sandbox.layout, "profile", "amd64") != "amd64":
+    if layout.profile != "amd64":
         LOG.debug("no guest core dump: only the amd64 profile is supported")
         return exc
     try:
-        exc.core_dump = write_core_dump(sandbox, exc, rc)
+        regs = guest_registers(memory, layout, vcpu, rc)
+        exc.core_dump = write_core_dump(memory, layout, regs, exc, directory)
     except Exception as e:  # a dump must never hide the guest's own error
         LOG.warning("could not write a guest core dump: %s: %s", type(e).__name__, e)
     return exc
 
 
-def _read(sandbox: "MultiUseSandbox", gpa: int, n: int) -> bytes:
+def _read(memory: SharedMemory, layout: SandboxMemoryLayout, gpa: int, n: int) -> bytes:
     """n bytes of guest memory at guest physical address gpa."""
-    return sandbox._memory.read(_host(sandbox.layout, gpa), n)
+    return memory.read(layout.host(gpa), n)
 
 
-def _host(layout, gpa: int) -> int:
-    """The offset in host memory of a guest physical address."""
-    host = getattr(layout, "host", None)
-    return host(gpa) if host is not None else gpa
-
-
-def guest_registers(sandbox: "MultiUseSandbox", rc: int) -> dict:
+def guest_registers(memory: SharedMemory, layout: SandboxMemoryLayout, vcpu: StoppedVcpu, rc: int) -> dict[str, int]:
     """The guest's registers at the fault or abort, named as in user_regs_struct."""
-    vm = sandbox._vm
-    regs = vm.get_regs()
-    sregs = vm.get_sregs()
+    regs = vcpu.get_regs()
+    sregs = vcpu.get_sregs()
     r = {name: regs.get(name, 0) for name in USER_REGS}
     r["eflags"] = regs["rflags"]
     r["cs"], r["ss"] = sregs["cs"], sregs["ss"]
     if rc == PORT_FAULT:
-        L = sandbox.layout
-        top = L.ist1 if vm.io_byte() == DOUBLE_FAULT else L.rsp0
+        L = layout
+        top = L.ist1 if vcpu.io_byte() == DOUBLE_FAULT else L.rsp0
         _cr2, rax, _vector, _error, rip, cs, rflags, rsp, ss = FRAME.unpack(
-            _read(sandbox, top - FRAME.size, FRAME.size))
+            _read(memory, layout, top - FRAME.size, FRAME.size))
         r.update(rax=rax, rip=rip, cs=cs, eflags=rflags, rsp=rsp, ss=ss)
     r["orig_rax"] = 2**64 - 1  # not in a system call
     r["fs_base"] = r["gs_base"] = 0
@@ -137,11 +140,14 @@ def _signal_of(exc: BaseException) -> int:
 
 def _note(name: bytes, ntype: int, desc: bytes) -> bytes:
     name += b"\0"
-    pad = lambda b: b + bytes(-len(b) % 4)  # noqa: E731
-    return struct.pack("<III", len(name), len(desc), ntype) + pad(name) + pad(desc)
+    return struct.pack("<III", len(name), len(desc), ntype) + _pad4(name) + _pad4(desc)
 
 
-def _prstatus(regs: dict, signal: int) -> bytes:
+def _pad4(b: bytes) -> bytes:
+    return b + bytes(-len(b) % 4)
+
+
+def _prstatus(regs: dict[str, int], signal: int) -> bytes:
     b = bytearray(PRSTATUS_SIZE)
     struct.pack_into("<iii", b, 0, signal, 0, 0)  # pr_info
     struct.pack_into("<h", b, 12, signal)  # pr_cursig
@@ -156,11 +162,11 @@ def _prpsinfo(name: str) -> bytes:
                          name.encode("utf-8", "replace")[:79])
 
 
-def _auxv(sandbox: "MultiUseSandbox") -> Optional[bytes]:
+def _auxv(memory: SharedMemory, layout: SandboxMemoryLayout) -> bytes | None:
     """AT_ENTRY/AT_PHDR of the loaded guest, from the ELF header the host loaded at the code
     base (the first PT_LOAD of a static PIE covers it); None if it is not there."""
-    L = sandbox.layout
-    head = _read(sandbox, L.code_gpa, 64)
+    L = layout
+    head = _read(memory, layout, L.code_gpa, 64)
     if head[:4] != b"\x7fELF":
         return None
     entry, phoff = struct.unpack_from("<QQ", head, 24)
@@ -170,10 +176,9 @@ def _auxv(sandbox: "MultiUseSandbox") -> Optional[bytes]:
     return b"".join(struct.pack("<QQ", k, v & (2**64 - 1)) for k, v in pairs)
 
 
-def _segments(sandbox: "MultiUseSandbox") -> list[tuple[int, int, int]]:
+def _segments(L: SandboxMemoryLayout) -> list[tuple[int, int, int]]:
     """(gpa, size, flags) of the regions the guest can see. The code region's pages have
     per-segment permissions; the core marks it all RWX (gdb does not mind)."""
-    L = sandbox.layout
     segs = [
         (L.peb_gpa, L.code_gpa - L.peb_gpa, PF_R | PF_X),  # PEB (and the restore trampoline)
         (L.code_gpa, L.snapshot_size - L.code_gpa, PF_R | PF_W | PF_X),  # the image ends the snapshot region
@@ -186,17 +191,17 @@ def _segments(sandbox: "MultiUseSandbox") -> list[tuple[int, int, int]]:
     return [s for s in segs if s[1] > 0]
 
 
-def write_core_dump(sandbox: "MultiUseSandbox", exc: BaseException, rc: int,
-                    directory: Optional[str] = None) -> str:
-    """Writes the core file and returns its path."""
-    regs = guest_registers(sandbox, rc)
+def write_core_dump(memory: SharedMemory, layout: SandboxMemoryLayout, regs: dict[str, int],
+                    exc: BaseException, directory: str | os.PathLike[str]) -> str:
+    """Writes the core file of the guest in `memory`, stopped with registers `regs` by
+    `exc`, into `directory`; returns its path."""
     name = "hlsandbox-guest"
     notes = _note(b"CORE", NT_PRSTATUS, _prstatus(regs, _signal_of(exc)))
     notes += _note(b"CORE", NT_PRPSINFO, _prpsinfo(name))
-    auxv = _auxv(sandbox)
+    auxv = _auxv(memory, layout)
     if auxv is not None:
         notes += _note(b"CORE", NT_AUXV, auxv)
-    segs = _segments(sandbox)
+    segs = _segments(layout)
     phnum = 1 + len(segs)
     note_off = EHDR.size + phnum * PHDR.size
     data_off = (note_off + len(notes) + PAGE - 1) // PAGE * PAGE
@@ -210,13 +215,12 @@ def write_core_dump(sandbox: "MultiUseSandbox", exc: BaseException, rc: int,
     ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # ELFCLASS64, little-endian, EV_CURRENT, SysV
     ehdr = EHDR.pack(ident, ET_CORE, EM_X86_64, 1, 0, EHDR.size, 0, 0, EHDR.size, PHDR.size, phnum, 0, 0, 0)
 
-    directory = directory or getattr(sandbox.config, "core_dump_dir", None) or tempfile.gettempdir()
     fd, path = tempfile.mkstemp(prefix="hlsandbox-core-", suffix=".core", dir=os.fspath(directory))
     try:
         os.write(fd, ehdr + b"".join(phdrs) + notes)
-        with memoryview(sandbox._memory) as mem:
-            for (gpa, size, _), at in zip(segs, offsets):
-                host = _host(sandbox.layout, gpa)
+        with memoryview(memory) as mem:
+            for (gpa, size, _), at in zip(segs, offsets, strict=True):
+                host = layout.host(gpa)
                 for start in range(0, size, BLOCK):
                     block = mem[host + start:host + min(size, start + BLOCK)]
                     zero = _ZERO_BLOCK if len(block) == BLOCK else bytes(len(block))

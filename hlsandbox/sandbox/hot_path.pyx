@@ -34,6 +34,7 @@ import os
 import threading
 
 from ..errors import ExecutionCanceled, GuestProtocolError, HyperlightError, PoisonedSandbox, UsedAfterFork
+from .call_path import claimed_limited_call
 from ..hypervisor import kvm as _kvm
 
 cdef extern from "errno.h" nogil:
@@ -246,21 +247,35 @@ cdef class HotPath:
     def call(self, bytes name, tuple tags, int ret_tag, tuple args, double wait=-2.0):
         cdef uint64_t generation = self._begin_call(wait)
         try:
-            self.input.push_call_c(name, tags, args)
+            self.input.push_call(name, tags, args)
             self.output.clear()
             self.run_until_halt(generation)
-            return self.output.pop_result_c(ret_tag)
+            return self.output.pop_result(ret_tag)
         finally:
             self.vm.end_c()
+
+    def call_limited(self, bytes name, tuple tags, int ret_tag, tuple args, double wait, double timeout, out):
+        """CallPath.call_limited() through the mailbox."""
+        cdef uint64_t generation = self._begin_call(wait)
+        try:
+            return claimed_limited_call(self, self.input, self.output, generation, name, tags, ret_tag, args,
+                                        timeout, out)
+        finally:
+            self.vm.end_c()
+
+    @property
+    def on_timeout(self):
+        """on_timeout(generation): the cold path's (one home for it)."""
+        return self.cold.on_timeout
 
     def call_restoring(self, bytes name, tuple tags, int ret_tag, tuple args, plan, double wait=-2.0):
         """call(), then the restore `plan` (which needs the guest parked: one exit)."""
         cdef uint64_t generation = self._begin_call(wait)
         try:
-            self.input.push_call_c(name, tags, args)
+            self.input.push_call(name, tags, args)
             self.output.clear()
             self.run_until_halt(generation)
-            return self.output.pop_result_c(ret_tag)
+            return self.output.pop_result(ret_tag)
         finally:
             try:
                 self._park_claimed()

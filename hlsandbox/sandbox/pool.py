@@ -10,7 +10,6 @@ Other sandbox-like objects (a sandbox of another guest runtime) are pooled with
 SandboxPool.from_factory(): see `Poolable` for what they must provide."""
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import logging
@@ -18,15 +17,16 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol, Union
+from typing import Any, Protocol, Union
 
 from ..errors import PoolExhausted, SandboxClosed
 from ..mem.elf import GuestBinary
-from ..mem.snapshot import Snapshot, is_snapshot_file
 from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded
 from .config import SandboxConfiguration
 from .multi_use import MultiUseSandbox
+from .snapshot import Snapshot, is_snapshot_file
 from .uninitialized import UninitializedSandbox
 from .workers import Workers
 
@@ -42,7 +42,7 @@ class Poolable(Protocol):
     (MultiUseSandbox has all of it). `interrupt_handle()` (whose result has kill()) is
     optional: without it, cancelling an acall() cannot stop a running call."""
 
-    def call(self, name: str, *args: Any, timeout: Optional[float] = None) -> Any: ...
+    def call(self, name: str, *args: Any, timeout: float | None = None) -> Any: ...
 
     def restore(self) -> None:
         """Back to the state every borrower must find; raises if that is impossible."""
@@ -92,8 +92,8 @@ class SandboxPool:
     gets it. close() (or the end of a `with SandboxPool(...)` block) closes every
     sandbox, stopping calls still running, and the worker threads of submit()/acall()."""
 
-    def __init__(self, source: Source, *, size: int, config: Optional[SandboxConfiguration] = None,
-                 host_functions: Optional[Mapping[str, Any]] = None, writer: Any = None) -> None:
+    def __init__(self, source: Source, *, size: int, config: SandboxConfiguration | None = None,
+                 host_functions: Mapping[str, Any] | None = None, writer: Any = None) -> None:
         _check_size(size)
         if config is not None and not isinstance(config, SandboxConfiguration):
             raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
@@ -110,12 +110,12 @@ class SandboxPool:
             if owned:
                 snap.close()
             raise
-        self.snapshot: Optional[Snapshot] = snap
+        self.snapshot: Snapshot | None = snap
         self._owned_snapshot = snap if owned else None
 
     @classmethod
     def from_factory(cls, factory: Callable[[], Poolable], *, size: int,
-                     max_wait: Optional[float] = None) -> "SandboxPool":
+                     max_wait: float | None = None) -> SandboxPool:
         """A pool of the objects `factory()` returns (see Poolable), each restored with
         its restore() when given back; `max_wait` seconds (default 30) is how long a
         caller waits for a free one. For sandboxes of other runtimes that keep their own
@@ -129,7 +129,7 @@ class SandboxPool:
         self._setup(factory, size, max_wait, restoring_calls=False)
         return self
 
-    def _setup(self, factory: Callable[[], Any], size: int, max_wait: Optional[float],
+    def _setup(self, factory: Callable[[], Any], size: int, max_wait: float | None,
                restoring_calls: bool) -> None:
         if max_wait is not None and (not isinstance(max_wait, (int, float)) or isinstance(max_wait, bool)
                                      or math.isnan(max_wait) or max_wait < 0):
@@ -170,7 +170,7 @@ class SandboxPool:
         """The number of sandboxes the pool keeps."""
         return self._size
 
-    def sandbox(self, timeout: Optional[float] = None) -> "_Lease":
+    def sandbox(self, timeout: float | None = None) -> _Lease:
         """A context manager lending a sandbox in the snapshot's state for its block:
 
             with pool.sandbox() as sb:
@@ -181,7 +181,7 @@ class SandboxPool:
         the block ends, whatever happened in it; do not keep it beyond the block."""
         return _Lease(self, timeout)
 
-    def call(self, name: str, *args: Any, timeout: Optional[float] = None, wait: Optional[float] = None) -> Any:
+    def call(self, name: str, *args: Any, timeout: float | None = None, wait: float | None = None) -> Any:
         """Lends a sandbox, calls guest function `name` with `args` and gives it back
         restored. `timeout` limits the guest call as in MultiUseSandbox.call()
         (ExecutionTimeout); `wait` (default the pool's max wait) limits the wait for a
@@ -201,17 +201,17 @@ class SandboxPool:
         finally:
             self._release(sb, restored, called=True)
 
-    def submit(self, name: str, *args: Any, timeout: Optional[float] = None) -> "concurrent.futures.Future[Any]":
+    def submit(self, name: str, *args: Any, timeout: float | None = None) -> concurrent.futures.Future[Any]:
         """call() on one of the pool's worker threads (one per sandbox): a
         concurrent.futures.Future of its result. Cancelling the future before it runs
         drops the call."""
         return self._workers.submit(self.call, name, *args, timeout=timeout)
 
-    def map(self, name: str, *iterables: Iterable[Any], timeout: Optional[float] = None) -> Iterator[Any]:
+    def map(self, name: str, *iterables: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
         """Like Executor.map: guest function `name` called with an argument from each of
         `iterables`, on the pool's worker threads; results in order (a call's exception
         is raised when its result is reached). `timeout` limits each guest call."""
-        futures = [self.submit(name, *args, timeout=timeout) for args in zip(*iterables)]
+        futures = [self.submit(name, *args, timeout=timeout) for args in zip(*iterables, strict=False)]
 
         def results() -> Iterator[Any]:
             # As Executor.map: in order, and closing the iterator cancels what has not started.
@@ -224,7 +224,7 @@ class SandboxPool:
                     f.cancel()
         return results()
 
-    async def acall(self, name: str, *args: Any, timeout: Optional[float] = None) -> Any:
+    async def acall(self, name: str, *args: Any, timeout: float | None = None) -> Any:
         """call() without blocking the event loop (it runs on the pool's worker
         threads). Cancelling the awaiting task drops a call that has not started and
         kills one that runs; the sandbox is restored before it is lent again."""
@@ -233,7 +233,7 @@ class SandboxPool:
         future = self._workers.run_for_loop(lambda: self._guarded_call(guard, name, args, timeout))
         return await await_cancellable(future, guard)
 
-    def _guarded_call(self, guard: CallGuard, name: str, args: tuple, timeout: Optional[float]) -> Any:
+    def _guarded_call(self, guard: CallGuard, name: str, args: tuple, timeout: float | None) -> Any:
         if guard.cancelled:
             raise CancelledCall()
         sb = self._acquire(None)
@@ -253,7 +253,7 @@ class SandboxPool:
         finally:
             self._release(sb, restored, called=not guard.cancelled)
 
-    def _acquire(self, wait: Optional[float]) -> Any:
+    def _acquire(self, wait: float | None) -> Any:
         if wait is None:
             wait = self._max_wait
         elif isinstance(wait, bool) or not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
@@ -402,7 +402,7 @@ class SandboxPool:
             self._owned_snapshot.close()
             self._owned_snapshot = None
 
-    def __enter__(self) -> "SandboxPool":
+    def __enter__(self) -> SandboxPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -419,7 +419,7 @@ class _Lease:
 
     __slots__ = ("_pool", "_timeout", "_sb")
 
-    def __init__(self, pool: SandboxPool, timeout: Optional[float]) -> None:
+    def __init__(self, pool: SandboxPool, timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._sb: Any = None
@@ -442,7 +442,7 @@ def _check_size(size: Any) -> None:
         raise ValueError(f"size must be a positive int, got {size!r}")
 
 
-def _snapshot_of(source: Source, config: Optional[SandboxConfiguration], host_functions: dict[str, Any],
+def _snapshot_of(source: Source, config: SandboxConfiguration | None, host_functions: dict[str, Any],
                  writer: Any) -> tuple[Snapshot, bool]:
     """The pool's snapshot and whether the pool made it (and closes it)."""
     if isinstance(source, Snapshot):

@@ -2,21 +2,22 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, TextIO, Union
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import InvalidGuestBinary
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import Signature
 from ..mem.elf import GuestBinary
-from ..mem.snapshot import Snapshot, is_snapshot_file
 from .config import SandboxConfiguration
 from .guest_counter import GuestCounter
 from .output import output_function
+from .snapshot import Snapshot, is_snapshot_file
 
 if TYPE_CHECKING:  # evolve()'s return annotation; the run-time import stays inside evolve()
     from .multi_use import MultiUseSandbox
 
-Writer = Union[TextIO, Callable[[str], Any], None]
+Writer = TextIO | Callable[[str], Any] | None
 
 
 class UninitializedSandbox:
@@ -29,10 +30,10 @@ class UninitializedSandbox:
     the call raises WriterError once the guest's call has finished.
     """
 
-    def __init__(self, guest: Union[GuestBinary, Snapshot, str, os.PathLike, bytes],
-                 config: Optional[SandboxConfiguration] = None, *, writer: Writer = None) -> None:
-        self.snapshot: Optional[Snapshot] = None
-        self.binary: Optional[GuestBinary] = None
+    def __init__(self, guest: GuestBinary | Snapshot | str | os.PathLike | bytes,
+                 config: SandboxConfiguration | None = None, *, writer: Writer = None) -> None:
+        self.snapshot: Snapshot | None = None
+        self.binary: GuestBinary | None = None
         if isinstance(guest, Snapshot):
             self.snapshot = guest
         elif isinstance(guest, (str, os.PathLike)) and str(guest).endswith(".hlsnap"):
@@ -55,14 +56,14 @@ class UninitializedSandbox:
         output_function(writer)  # a writer that cannot work is refused now, not at the first print
         self.writer = writer
         self.host_functions = HostFunctionRegistry()
-        self._counter: Optional[GuestCounter] = None
+        self._counter: GuestCounter | None = None
         self._evolved = False
         self._layout = None
         if self.binary is not None:  # check the configuration against the guest now, not at evolve()
-            from .multi_use import layout_for
+            from .evolve import layout_for
             self._layout = layout_for(self.binary.image, self.config)
 
-    def register(self, name: str, fn: Callable[..., Any], params: Optional[Iterable[Any]] = None,
+    def register(self, name: str, fn: Callable[..., Any], params: Iterable[Any] | None = None,
                  returns: Any = None) -> Signature:
         """Registers a host function the guest can call by name.
 
@@ -74,7 +75,8 @@ class UninitializedSandbox:
 
     def register_raw(self, fn_id: int, fn: Callable[[memoryview], Any]) -> None:
         """Registers a raw host function by numeric id (a u32): the guest sends a byte
-        payload, `fn` receives it as a read-only memoryview (of a copy) and returns bytes. Unknown ids and failures reach the guest as status codes."""
+        payload, `fn` receives it as a read-only memoryview (of a copy) and returns bytes.
+        Unknown ids and failures reach the guest as status codes."""
         if self._evolved:
             raise RuntimeError("cannot register host functions after evolve()")
         self.host_functions.register_raw(fn_id, fn)
@@ -89,7 +91,7 @@ class UninitializedSandbox:
         self._counter = GuestCounter()
         return self._counter
 
-    def evolve(self) -> "MultiUseSandbox":
+    def evolve(self) -> MultiUseSandbox:
         """Creates the VM, runs the guest's initialisation and returns the ready sandbox."""
         if self._evolved:
             raise RuntimeError("this UninitializedSandbox was already evolved")

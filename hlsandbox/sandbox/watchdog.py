@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 LOG = logging.getLogger("hlsandbox.watchdog")
 
@@ -36,7 +36,7 @@ class Watchdog:
         self._entries: dict[int, list] = {}
         self._dead = 0  # disarmed entries still in the heap
         self._ids = itertools.count()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def arm(self, seconds: float, action: Callable[[], None]) -> int:
         if not 0 < seconds <= self.MAX_SECONDS:  # also NaN and inf

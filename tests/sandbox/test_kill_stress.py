@@ -255,45 +255,57 @@ def test_interrupt_handle_of_a_closed_sandbox():
 
 
 CLOSE_DURING_DECODE = """
-import threading, time
+import gc, sys, threading, time
 import hlsandbox as hl
+from hlsandbox.mem.system_tables import PORT_HALT
 
-sb = hl.UninitializedSandbox(hl.guests.path("simpleguest")).evolve()
+host_called = threading.Event()
+
+def failing_add(a, b):
+    host_called.set()
+    raise ValueError("no adding today")
+
+u = hl.UninitializedSandbox(hl.guests.path("simpleguest"))
+u.register("HostAdd", failing_add, params=(hl.i32, hl.i32), returns=hl.i32)
+sb = u.evolve()
+vm = sb._vm
 started = threading.Event()
 
-
-class SlowOutput:
-    # Stands for anything that lets another thread run between the guest's HALT and the
-    # end of the result's decoding (a GC pass, a Python-level exception's __init__...).
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def pop_result(self, tag):
+def slow_gc(phase, info):
+    # A GC pass while the guest's error record is decoded (the guest has halted after the
+    # host call, the vCPU is still claimed) lets another thread run in the middle of it.
+    if phase == "start" and host_called.is_set() and not started.is_set() and vm.active \
+            and vm.io_detail()["port"] == PORT_HALT:
         started.set()
         time.sleep(0.05)
-        return self.inner.pop_result(tag)
 
-
-sb._output = SlowOutput(sb._output)
 result = []
-t = threading.Thread(target=lambda: result.append(sb.call("Echo", "decoded", timeout=10)))
+def call():
+    try:
+        sb.call("CallHostAdd", 1, 2, timeout=float(sys.argv[1]) if sys.argv[1] != "none" else None)
+    except hl.HyperlightError as e:
+        result.append(f"{type(e).__name__}: {e}")
+
+gc.callbacks.append(slow_gc)
+gc.set_threshold(1)
+t = threading.Thread(target=call)
 t.start()
 started.wait(10)
 sb.close()  # must wait for the decoding, not unmap guest memory under it
 t.join(10)
-print(result)
+print(started.is_set(), result)
 """
 
 
-def test_close_waits_for_the_result_to_be_decoded():
+@pytest.mark.parametrize("timeout", ["none", "10"])
+def test_close_waits_for_the_result_to_be_decoded(timeout):
     """close() from another thread while a call's result is being decoded must not unmap
     guest memory under the decoder (it crashed the process before the decode moved inside
     the claimed-vCPU window). Run in a child process: a regression is a SIGSEGV."""
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", CLOSE_DURING_DECODE], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", CLOSE_DURING_DECODE, timeout], capture_output=True, text=True,
+                       timeout=120)
     assert r.returncode == 0, f"exit {r.returncode}: {r.stderr[-2000:]}"
-    assert r.stdout.strip() == "['decoded']"
+    assert r.stdout.strip().startswith("True ['HostFunctionError: "), r.stdout
+    assert "no adding today" in r.stdout

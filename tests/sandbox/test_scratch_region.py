@@ -11,7 +11,7 @@ import hlsandbox as hl
 from hlsandbox.mem.builder import ABI_VERSION, PEB_MAGIC
 from hlsandbox.mem.elf import PF_R, PF_W, PF_X, ElfImage, Segment
 from hlsandbox.mem.layout import APIC_PAGE, PAGE, SandboxMemoryLayout, check_scratch_base
-from hlsandbox.sandbox.multi_use import layout_for
+from hlsandbox.sandbox.evolve import layout_for
 
 from helpers import host_add, make_sandbox
 

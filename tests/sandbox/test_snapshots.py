@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 import hlsandbox as hl
-from hlsandbox.mem.snapshot import HEADER, MAGIC
+from hlsandbox.sandbox.snapshot import HEADER, MAGIC
 
 from helpers import host_add, make_sandbox
 

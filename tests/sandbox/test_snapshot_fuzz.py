@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 import hlsandbox as hl
 from hlsandbox.hypervisor import kvm
 from hlsandbox.hypervisor import vcpu_state as vs
-from hlsandbox.mem.snapshot import HEADER
+from hlsandbox.sandbox.snapshot import HEADER
 
 from helpers import host_add, make_sandbox
 

@@ -10,16 +10,24 @@ import errno
 import os
 import stat
 import struct
+import types
 import zlib
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any
 
 from ..errors import InvalidSnapshot, SnapshotClosed, SnapshotMismatch
-from ..func.types import Signature, ValueType, is_fallback_entry
+from ..func.host_functions import HostFunctionRegistry
+from ..func.types import FALLBACK, Signature, ValueType, is_fallback_entry
+from ..hypervisor import kvm
 from ..hypervisor.vcpu_state import STATE_SIZE, Expected, state_problems
-from .layout import PAGE, TSS_SIZE, SandboxMemoryLayout
-from .shared_memory import SharedMemory, nonzero_pages
-from .system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT
+from ..mem.layout import PAGE, TSS_SIZE, SandboxMemoryLayout
+from ..mem.shared_memory import SharedMemory, nonzero_pages, page_runs
+from ..mem.system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT
+from ..mem.trampoline import host_has_avx512, trampoline_code
+from .call_path import restore_pages
+from .config import SandboxConfiguration
+from .guest_functions import GuestFunction
 
 # _lazy_note: modules that load C extensions (json here) are imported where used, not at
 # import time: each adds ~5 mappings to the process, and KVM_CREATE_VM locks every mapping
@@ -30,7 +38,8 @@ MAGIC = b"HLSNAP\x00\x00"
 FORMAT_VERSION = 3
 PROFILES = ("amd64", "i686")
 ARCH = "x86_64"
-HEADER = struct.Struct("<8sIIQIIII")  # magic, version, header size, memory size, memory crc, meta crc, meta size, state size
+# magic, version, header size, memory size, memory crc, meta crc, meta size, state size
+HEADER = struct.Struct("<8sIIQIIII")
 MAX_HEADER = 16 << 20
 
 
@@ -118,7 +127,7 @@ class Snapshot:
     def __init__(self, *, fd: int, offset: int, layout: SandboxMemoryLayout, vcpu_state: bytes,
                  host_functions: list[Signature], guest_functions: list[Signature],
                  copy_ranges: list[tuple[int, int]], raw_host_functions: Iterable[int] = (),
-                 path: Optional[str] = None) -> None:
+                 path: str | None = None) -> None:
         self._fd = fd
         self._closed = False
         self._adopted = False  # a sandbox runs on it (its init snapshot): close() defers the release
@@ -133,14 +142,14 @@ class Snapshot:
         self.profile = layout.profile
         self.arch = ARCH
         self.image = SharedMemory.from_fd(fd, layout.total_size, offset, writable=False, shared=False)
-        self._derived = None  # what sandboxes from this snapshot share (sandbox/multi_use.py)
+        self._derived: SnapshotDerived | None = None  # what sandboxes from this snapshot share
 
     # -- creation ----------------------------------------------------------------------------
 
     @classmethod
     def capture(cls, memory: SharedMemory, layout: SandboxMemoryLayout, vcpu_state: bytes,
                 host_functions: list[Signature], guest_functions: list[Signature],
-                copy_ranges: list[tuple[int, int]], raw_host_functions: Iterable[int] = ()) -> "Snapshot":
+                copy_ranges: list[tuple[int, int]], raw_host_functions: Iterable[int] = ()) -> Snapshot:
         """Copies the pages of `memory` that may hold data into a new memfd."""
         size = layout.total_size
         fd = os.memfd_create("hlsandbox-snapshot", os.MFD_CLOEXEC)
@@ -176,7 +185,7 @@ class Snapshot:
         import json  # here, not at import: every C extension loaded adds mappings (see _lazy_note)
         return json.dumps(meta, sort_keys=True).encode()
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         """Writes the snapshot to a file (sparse: zero pages take no disk space). The file
         appears whole or not at all: it is written under a temporary name beside `path`
         and renamed; on failure (a directory, a place that cannot be written) the error
@@ -216,7 +225,7 @@ class Snapshot:
                 raise
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> "Snapshot":
+    def load(cls, path: str | os.PathLike) -> Snapshot:
         """Reads and verifies a snapshot file; the file is opened read-only and never modified."""
         path = os.fspath(path)
         if isinstance(path, bytes):
@@ -235,7 +244,7 @@ class Snapshot:
             raise
 
     @classmethod
-    def _load_fd(cls, fd: int, path: str) -> "Snapshot":
+    def _load_fd(cls, fd: int, path: str) -> Snapshot:
         file_size = os.fstat(fd).st_size
         head = os.pread(fd, HEADER.size, 0)
         if len(head) < HEADER.size:
@@ -331,7 +340,7 @@ class Snapshot:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "Snapshot":
+    def __enter__(self) -> Snapshot:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -403,3 +412,163 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:
         n = os.pwrite(fd, mv, offset)
         mv = mv[n:]
         offset += n
+
+
+# -- what sandboxes made from a snapshot share, and the checks of a snapshot against them ------
+
+class SnapshotDerived:
+    """What every sandbox created from one snapshot shares, computed once per snapshot:
+    its KVM slots, the ranges a restore copies whole and its guest function table
+    (all read-only)."""
+
+    __slots__ = ("slots", "restore_ranges", "functions", "function_view", "checked_registry", "_spec")
+
+    def __init__(self, snap: Snapshot) -> None:
+        L = snap.layout
+        self.slots = L.slots()
+        self.restore_ranges = u64_pairs(list(snap.copy_ranges) + L.copied_ranges())
+        self.functions = {g.name: GuestFunction(g.name, tuple(int(p) for p in g.params), int(g.returns))
+                          for g in snap.guest_functions}
+        self.function_view = function_view(self.functions)
+        # The registry from_snapshot() built last, and from what: sandboxes created with the
+        # same host functions share it (a from_snapshot registry is never changed).
+        self.checked_registry: HostFunctionRegistry | None = None
+        self._spec: tuple[tuple[str, Any], ...] | None = None
+
+    def registry_for(self, snap: Snapshot, host_functions: Mapping[str, Any] | None) -> HostFunctionRegistry:
+        """The registry of from_snapshot()'s `host_functions`, checked against `snap`."""
+        spec = tuple((host_functions or {}).items())
+        if spec == self._spec and self.checked_registry is not None:
+            return self.checked_registry
+        registry = HostFunctionRegistry()
+        for name, fn in spec:
+            if isinstance(fn, tuple):
+                registry.register(name, *fn)
+            else:
+                registry.register(name, fn)
+        check_host_functions(snap, registry)
+        self.checked_registry, self._spec = registry, spec
+        return registry
+
+    @staticmethod
+    def of(snap: Snapshot) -> SnapshotDerived:
+        derived = snap._derived
+        if derived is None:
+            derived = snap._derived = SnapshotDerived(snap)
+        return derived
+
+
+def function_view(functions: Mapping[str, GuestFunction]) -> Mapping[str, Signature]:
+    """MultiUseSandbox.functions: the guest's functions by name (its fallback left out)."""
+    return types.MappingProxyType({n: f.signature for n, f in functions.items() if n != FALLBACK})
+
+
+def check_config(config: SandboxConfiguration, L: SandboxMemoryLayout) -> None:
+    """A configuration given with a snapshot may change limits, not the layout."""
+    sizes: dict[str, object] = {"heap_size": L.heap_size, "stack_size": L.stack_size,
+                                "input_data_size": L.input_size, "output_data_size": L.output_size}
+    if config.scratch_base_gpa is not None:
+        sizes["scratch_base_gpa"] = L.scratch_gpa
+    if config.profile is not None:
+        sizes["profile"] = L.profile
+    wrong = [f"{k}={getattr(config, k)} (snapshot: {v})" for k, v in sizes.items() if getattr(config, k) != v]
+    if wrong:
+        raise SnapshotMismatch(f"configuration does not match the snapshot's layout: {', '.join(wrong)}")
+
+
+def check_host_functions(snap: Snapshot, registry: HostFunctionRegistry) -> None:
+    """Every host function the snapshot's guest may call must exist with the same signature."""
+    problems = []
+    for sig in snap.host_functions:
+        hf = registry.get(sig.name)
+        if hf is None:
+            problems.append(f"{sig} is not registered")
+        elif hf.signature != sig:
+            problems.append(f"{sig.name} is registered as {hf.signature}, the snapshot has {sig}")
+    for fn_id in snap.raw_host_functions:
+        if registry.get_raw(fn_id) is None:
+            problems.append(f"raw host function {fn_id} is not registered")
+    if problems:
+        raise SnapshotMismatch("host functions do not match the snapshot: " + "; ".join(problems))
+
+
+def check_same_sandbox(snap: Snapshot, layout: SandboxMemoryLayout, registry: HostFunctionRegistry,
+                       functions: Mapping[str, GuestFunction]) -> None:
+    """restore() of a snapshot another sandbox took: same layout, host and guest functions."""
+    if snap.layout.describe() != layout.describe():
+        raise SnapshotMismatch("the snapshot's memory layout differs from this sandbox's")
+    check_host_functions(snap, registry)
+    if [(g.name, g.params, g.returns) for g in snap.guest_functions] != \
+            [(f.signature.name, f.signature.params, f.signature.returns) for f in functions.values()]:
+        raise SnapshotMismatch("the snapshot's guest functions differ from this sandbox's")
+
+
+def u64_pairs(pairs: list[tuple[int, int]]) -> memoryview:
+    """(offset, size) pairs as a flat, read-only u64 buffer (what the Cython restore reads)."""
+    return memoryview(struct.pack(f"@{2 * len(pairs)}Q", *(x for p in pairs for x in p))).cast("Q")
+
+
+def copy_all(memory: SharedMemory, snap: Snapshot) -> None:
+    """Makes guest memory equal to the snapshot's image: copies every page that holds data
+    in either (other pages are zero in both)."""
+    mask = memory.resident_pages()
+    for a, b in data_extents(snap._fd, snap.memory_size, snap.offset):
+        first, end = a // PAGE, -(-b // PAGE)
+        mask[first:end] = b"\x01" * (end - first)
+    src = snap.image.address
+    for a, b in page_runs(mask):
+        memory.copy_from(src + a * PAGE, a * PAGE, (b - a) * PAGE)
+
+
+# -- the restore trampoline (mem/trampoline.py) -------------------------------------------------
+
+_TRAMPOLINE: tuple[tuple[bool, bool], bytes] | None = None
+
+
+def _trampoline_state() -> tuple[tuple[bool, bool], bytes]:
+    global _TRAMPOLINE
+    if _TRAMPOLINE is None:
+        pvm = kvm.is_kvm_pvm()
+        kind = (pvm, pvm and host_has_avx512())
+        _TRAMPOLINE = (kind, trampoline_code(*kind))
+    return _TRAMPOLINE
+
+
+def trampoline_kind() -> tuple[bool, bool]:
+    """(clear AVX, clear AVX-512) for the restore trampoline: what a CPL3 guest can reach
+    beyond the FXSAVE image, on kvm-pvm only."""
+    return _trampoline_state()[0]
+
+
+def write_trampoline(memory: SharedMemory, layout: SandboxMemoryLayout) -> None:
+    """The restore trampoline is this host's code, whatever a snapshot's image holds
+    (a file may come from a host with other registers to clear, or be crafted): written
+    where it differs (a from_snapshot() sandbox then keeps sharing the page)."""
+    if layout.profile != "amd64":
+        return
+    code = _trampoline_state()[1]
+    at = layout.host(layout.trampoline_gpa)
+    if memory.read(at, len(code)) != code:
+        memory.write(at, code)
+
+
+def load_snapshot(vm: kvm.VirtualMachine, memory: SharedMemory, layout: SandboxMemoryLayout, snap: Snapshot,
+                  baseline: bool, restore_ranges: memoryview) -> None:
+    """A restore without a fast plan (i686, or a snapshot other than the baseline), the
+    vCPU claimed and out of the guest. From the baseline (the snapshot the dirty pages are
+    relative to) only the pages written since are copied; any other snapshot whole."""
+    if baseline:  # i686: no trampoline without 64-bit code: KVM_SET_XSAVE
+        restore_pages(vm, memory, snap.image, restore_ranges)
+        # A CPL0 guest can write MSRs (IA32_SYSENTER_*) and debug registers: all of it.
+        vm.load_state(snap.vcpu_state, kvm.LOAD_ALL)
+        return
+    vm.discard_dirty_pages()
+    copy_all(memory, snap)
+    write_trampoline(memory, layout)
+    # A CPL3 (amd64) guest cannot set debug registers: its snapshots hold a new
+    # vCPU's (checked for files), so that ioctl is skipped.
+    try:
+        vm.load_state(snap.vcpu_state, kvm.LOAD_ALL if layout.profile == "i686" else kvm.LOAD_ALL & ~kvm.LOAD_DEBUG)
+    except OSError as e:
+        raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
+                               f"was it saved on a host with other CPU features?") from e
