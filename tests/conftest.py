@@ -77,7 +77,7 @@ def _hot_after(create):
     def hot_create(*args, **kwargs):
         sb = create(*args, **kwargs)
         if isinstance(sb, hl.MultiUseSandbox) and sb.layout.profile == "amd64":
-            sb._start_hot(HOT_TEST_SPIN)
+            sb.hot(HOT_TEST_SPIN).__enter__()  # left by close()
         return sb
     return hot_create
 

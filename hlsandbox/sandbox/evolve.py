@@ -18,7 +18,7 @@ from ..mem.system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_L
 from .call_path import CallPath
 from .config import SandboxConfiguration
 from .exits import GUEST_LOGGER, ExitHandler, guest_level_for
-from .snapshot import Snapshot, SnapshotDerived, trampoline_kind, write_trampoline
+from .snapshot import RestorePlans, Snapshot, SnapshotDerived, trampoline_kind, write_trampoline
 from .watchdog import WATCHDOG
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ def initialise(sb: MultiUseSandbox, binary: GuestBinary) -> None:
             raise writer_error
         sb._set_functions(sb._output.pop_function_table())
         sb._init_snapshot = sb.snapshot()
-        sb._init_plan = sb._plan_for(sb._init_snapshot)
+        sb._plans = RestorePlans.of(sb._memory, L, sb._restore_ranges, sb._init_snapshot)
     except BaseException as e:
         sb.close()
         raise_fd_limit(e)
@@ -126,7 +126,7 @@ def resume(sb: MultiUseSandbox, snap: Snapshot, derived: SnapshotDerived) -> Non
         sb._path.pending, sb._path.pending_generation = snap, sb._vm.generation
         sb._functions, sb.functions = derived.functions, derived.function_view
         sb._baseline = sb._init_snapshot = snap  # memory is the snapshot's, nothing written yet
-        sb._init_plan = sb._plan_for(snap)
+        sb._plans = RestorePlans.of(sb._memory, sb.layout, sb._restore_ranges, snap)
     except BaseException as e:
         sb.close()
         raise_fd_limit(e)

@@ -2,9 +2,11 @@
 once per function (and per call of a name only the guest's fallback dispatcher knows)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..func.types import Signature, ValueType
+from .watchdog import WATCHDOG
 
 
 class GuestFunction:
@@ -61,3 +63,25 @@ def check_out(fn: GuestFunction, out: Any) -> None:
     with view:
         if view.readonly or not view.c_contiguous:
             raise TypeError("out must be a writable C-contiguous buffer")
+
+
+def wait_seconds(wait: float | bool) -> float:
+    """call()'s `wait` as begin()'s seconds: True no limit (-1), False 0."""
+    if wait is True:
+        return -1.0
+    if wait is False:
+        return 0.0
+    if not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
+        raise ValueError(f"wait must be seconds >= 0, True or False, got {wait!r}")
+    return -1.0 if math.isinf(wait) else float(wait)
+
+
+
+def check_timeout(timeout: Any) -> float:
+    """call()'s `timeout`: positive seconds (inf: no limit), within what the watchdog can wait."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+    if timeout > WATCHDOG.MAX_SECONDS and timeout != math.inf:
+        raise ValueError(f"timeout={timeout!r} is beyond the longest limit the platform can wait "
+                         f"({WATCHDOG.MAX_SECONDS:.3g} s); use None or inf for no limit")
+    return float(timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HyperlightError, InvalidConfiguration
+from .hot_path import HotPath
 
 if TYPE_CHECKING:
     from .multi_use import MultiUseSandbox
@@ -28,11 +29,11 @@ class HotMode:
         self.spin = float(spin)
 
     def __enter__(self) -> HotMode:
-        self._sandbox._start_hot(self.spin)
+        start_hot(self._sandbox, self.spin)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._sandbox._stop_hot()
+        stop_hot(self._sandbox)
 
     def __repr__(self) -> str:
         return f"<HotMode spin={self.spin}s of {self._sandbox!r}>"
@@ -43,3 +44,32 @@ def check_hot_capable(profile: str) -> HyperlightError | None:
     if profile != "amd64":
         return InvalidConfiguration("hot mode needs the amd64 profile (the i686 guest runs once, during evolve())")
     return None
+
+
+def start_hot(sb: MultiUseSandbox, spin: float) -> None:
+    """Puts the sandbox's calls on a HotPath (its vCPU thread starts with the next call)."""
+    if sb._closed:
+        sb._refuse()
+    if sb._hot is not None:
+        raise HyperlightError("the sandbox is already hot")
+    why = check_hot_capable(sb.layout.profile)
+    if why is not None:
+        raise why
+    L = sb.layout
+    memory = sb._memory
+    assert memory is not None  # an open sandbox has its memory
+    mailbox = memory.address + L.host(L.hot_mailbox_gpa)
+    sb._hot = HotPath(sb._vm, sb._input, sb._output, sb._exits.serve, sb._path, memory, mailbox, spin)
+    sb._cold_path, sb._path = sb._path, sb._hot
+
+
+def stop_hot(sb: MultiUseSandbox) -> None:
+    """Parks the guest, ends the vCPU thread and puts calls back on the cold path."""
+    hot = sb._hot
+    if hot is None:
+        return
+    try:
+        hot.close()
+    finally:
+        sb._hot = None
+        sb._path = sb._cold_path

@@ -26,19 +26,19 @@ from ..func.types import FALLBACK, Signature
 from ..func.wire import RecordStack
 from ..hypervisor import kvm
 from ..mem.elf import GuestBinary
-from ..mem.layout import TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, SandboxMemoryLayout
+from ..mem.layout import SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory
 from . import evolve
-from .call_path import RestorePlan
 from .config import SandboxConfiguration
 from .exits import ExitHandler
 from .guest_counter import GuestCounter
-from .guest_functions import GuestFunction, check_out, fallback_call
-from .hot_mode import DEFAULT_SPIN, HotMode, check_hot_capable
+from .guest_functions import GuestFunction, check_out, check_timeout, fallback_call, wait_seconds
+from .hot_mode import DEFAULT_SPIN, HotMode, stop_hot
 from .hot_path import HotPath
 from .interrupt import InterruptHandle
 from .output import output_function
 from .snapshot import (
+    RestorePlans,
     Snapshot,
     SnapshotDerived,
     check_config,
@@ -48,7 +48,6 @@ from .snapshot import (
     load_snapshot,
     u64_pairs,
 )
-from .watchdog import WATCHDOG
 
 
 class MultiUseSandbox:
@@ -87,8 +86,7 @@ class MultiUseSandbox:
         self._restore_ranges: memoryview
         self._baseline: Snapshot | None = None  # what the dirty pages are relative to
         self._init_snapshot: Snapshot | None = None
-        self._init_plan: RestorePlan | None = None
-        self._last_plan: tuple[Snapshot, RestorePlan] | None = None  # see _plan_for()
+        self._plans: RestorePlans | None = None  # amd64: fast-restore plans, once there is memory
         self.layout = layout
         return self
 
@@ -180,18 +178,19 @@ class MultiUseSandbox:
             fn = fallback_call(name, args)
         if fn is None or self._closed or self._path.poisoned:
             self._refuse(name)
-        w = -2.0 if wait is None else _wait_seconds(wait)
+        w = -2.0 if wait is None else wait_seconds(wait)
         restoring = restore or (restore is None and self._restore_after_call)
-        limit = self._max_time if timeout is None else _check_timeout(timeout)
+        limit = self._max_time if timeout is None else check_timeout(timeout)
         if out is not None:
             check_out(fn, out)
         exits = self._exits
         try:
             if out is None and (limit is None or limit == math.inf):
-                if restoring and self._init_snapshot is self._baseline and self._init_plan is not None:
+                init_plan = self._plans.init if self._plans is not None else None
+                if restoring and self._init_snapshot is self._baseline and init_plan is not None:
                     try:  # call and restore in one Cython method: the per-request clean guest
                         return self._path.call_restoring(fn.name_bytes, fn.param_tags, fn.return_tag, args,
-                                                         self._init_plan, w)
+                                                         init_plan, w)
                     finally:
                         restoring = False
                         if not self._closed:
@@ -246,30 +245,6 @@ class MultiUseSandbox:
     def is_hot(self) -> bool:
         """True inside `with sb.hot()`."""
         return self._hot is not None
-
-    def _start_hot(self, spin: float) -> None:
-        if self._closed:
-            self._refuse()
-        if self._hot is not None:
-            raise HyperlightError("the sandbox is already hot")
-        why = check_hot_capable(self.layout.profile)
-        if why is not None:
-            raise why
-        L = self.layout
-        mailbox = self._memory.address + L.host(L.hot_mailbox_gpa)
-        self._hot = HotPath(self._vm, self._input, self._output, self._exits.serve, self._path, self._memory, mailbox,
-                            spin)
-        self._cold_path, self._path = self._path, self._hot
-
-    def _stop_hot(self) -> None:
-        hot = self._hot
-        if hot is None:
-            return
-        try:
-            hot.close()
-        finally:
-            self._hot = None
-            self._path = self._cold_path
 
     def _refuse(self, name: str = "") -> None:
         if self._vm is not None and self._vm.forked:
@@ -338,7 +313,7 @@ class MultiUseSandbox:
 
     def _restore(self, snapshot: Snapshot | None) -> None:
         snap = self._init_snapshot if snapshot is None else snapshot
-        plan = self._plan_for(snap) if snap is self._baseline else None
+        plan = self._plans.plan_for(snap) if snap is self._baseline and self._plans is not None else None
         if plan is not None:  # amd64: the fast path, one Cython call
             if snapshot is not None and snap._closed:
                 snap._check_open()
@@ -374,23 +349,6 @@ class MultiUseSandbox:
         if self._counter is not None:
             self._counter._write()  # the host's value, whatever the snapshot holds
 
-    def _plan_for(self, snap: Snapshot) -> RestorePlan | None:
-        """The fast-restore plan of an amd64 snapshot (kept for the init snapshot and for
-        the last other snapshot asked for, normally the baseline)."""
-        if self.layout.profile != "amd64":
-            return None
-        if snap is self._init_snapshot and self._init_plan is not None:
-            return self._init_plan
-        cached = self._last_plan
-        if cached is not None and cached[0] is snap:
-            return cached[1]
-        L = self.layout
-        plan = RestorePlan(self._memory, snap.image, self._restore_ranges, snap.vcpu_state, L.trampoline_gpa,
-                           TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
-        plan.snapshot = snap
-        self._last_plan = (snap, plan)
-        return plan
-
     # -- state ---------------------------------------------------------------------------------
 
     @property
@@ -421,7 +379,7 @@ class MultiUseSandbox:
         from inside one of its own calls (a host function), which leaves it open."""
         if self._vm is not None:
             self._vm.check_closable()
-        self._stop_hot()
+        stop_hot(self)
         if self._vm is not None:
             self._vm.close()
         self._closed = True
@@ -432,7 +390,7 @@ class MultiUseSandbox:
         self._init_snapshot = self._baseline = None
         if self._path is not None:
             self._path.pending = None
-        self._init_plan = self._last_plan = None
+        self._plans = None
 
     def __enter__(self) -> MultiUseSandbox:
         return self
@@ -443,26 +401,3 @@ class MultiUseSandbox:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "poisoned" if self.poisoned else "ready"
         return f"<MultiUseSandbox {state}, {len(getattr(self, '_functions', {}))} guest functions>"
-
-
-
-def _wait_seconds(wait: float | bool) -> float:
-    """call()'s `wait` as begin()'s seconds: True no limit (-1), False 0."""
-    if wait is True:
-        return -1.0
-    if wait is False:
-        return 0.0
-    if not isinstance(wait, (int, float)) or math.isnan(wait) or wait < 0:
-        raise ValueError(f"wait must be seconds >= 0, True or False, got {wait!r}")
-    return -1.0 if math.isinf(wait) else float(wait)
-
-
-
-def _check_timeout(timeout: Any) -> float:
-    """call()'s `timeout`: positive seconds (inf: no limit), within what the watchdog can wait."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
-    if timeout > WATCHDOG.MAX_SECONDS and timeout != math.inf:
-        raise ValueError(f"timeout={timeout!r} is beyond the longest limit the platform can wait "
-                         f"({WATCHDOG.MAX_SECONDS:.3g} s); use None or inf for no limit")
-    return float(timeout)

@@ -21,11 +21,11 @@ from ..func.host_functions import HostFunctionRegistry
 from ..func.types import FALLBACK, Signature, ValueType, is_fallback_entry
 from ..hypervisor import kvm
 from ..hypervisor.vcpu_state import STATE_SIZE, Expected, state_problems
-from ..mem.layout import PAGE, TSS_SIZE, SandboxMemoryLayout
+from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory, nonzero_pages, page_runs
 from ..mem.system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT
 from ..mem.trampoline import host_has_avx512, trampoline_code
-from .call_path import restore_pages
+from .call_path import RestorePlan, restore_pages
 from .config import SandboxConfiguration
 from .guest_functions import GuestFunction
 
@@ -572,3 +572,36 @@ def load_snapshot(vm: kvm.VirtualMachine, memory: SharedMemory, layout: SandboxM
     except OSError as e:
         raise SnapshotMismatch(f"this host's KVM refuses the snapshot's vCPU state ({e.strerror}): "
                                f"was it saved on a host with other CPU features?") from e
+
+
+class RestorePlans:
+    """The fast-restore plans (call_path.RestorePlan) of an amd64 sandbox: one for the
+    snapshot after initialisation, kept for its life, and one for the last other
+    snapshot restored (normally the baseline the dirty pages are relative to)."""
+
+    __slots__ = ("_memory", "_layout", "_ranges", "init", "_last")
+
+    def __init__(self, memory: SharedMemory, layout: SandboxMemoryLayout, ranges: memoryview, init: Snapshot) -> None:
+        self._memory, self._layout, self._ranges = memory, layout, ranges
+        self._last: tuple[Snapshot, RestorePlan] | None = None
+        self.init: RestorePlan = self._plan(init)
+
+    @classmethod
+    def of(cls, memory: SharedMemory, layout: SandboxMemoryLayout, ranges: memoryview,
+           init: Snapshot) -> RestorePlans | None:
+        """The plans of a sandbox, or None for a profile without a fast restore (i686)."""
+        return cls(memory, layout, ranges, init) if layout.profile == "amd64" else None
+
+    def plan_for(self, snap: Snapshot) -> RestorePlan:
+        if snap is self.init.snapshot:
+            return self.init
+        if self._last is None or self._last[0] is not snap:
+            self._last = (snap, self._plan(snap))
+        return self._last[1]
+
+    def _plan(self, snap: Snapshot) -> RestorePlan:
+        L = self._layout
+        plan = RestorePlan(self._memory, snap.image, self._ranges, snap.vcpu_state, L.trampoline_gpa,
+                           TRAMPOLINE_TARGET, TRAMPOLINE_FXSAVE)
+        plan.snapshot = snap
+        return plan

@@ -11,7 +11,7 @@ import pytest
 
 import hlsandbox as hl
 
-from conftest import make_sandbox
+from helpers import make_sandbox
 
 pytestmark = pytest.mark.kvm
 
@@ -206,7 +206,7 @@ def test_a_dropped_hot_sandbox_ends_its_thread():
     import gc
     sb = make_sandbox()
     before = _threads()
-    sb._start_hot(0.5)
+    sb.hot(0.5).__enter__()  # never left: dropping the sandbox must end the thread
     sb.call("Echo", "spinning now")
     vcpu = _vcpu_thread(before)
     del sb
@@ -215,7 +215,7 @@ def test_a_dropped_hot_sandbox_ends_its_thread():
 
 
 def test_a_forked_child_refuses_hot_calls():
-    with make_sandbox() as sb, sb.hot(spin=0.5):
+    with make_sandbox() as sb, sb.hot(spin=0.5) as hot:
         sb.call("Echo", "parent")
         pid = os.fork()
         if pid == 0:  # the child: a typed error, then leaving the block must not touch the parent's thread
@@ -224,7 +224,7 @@ def test_a_forked_child_refuses_hot_calls():
                 sb.call("Echo", "child")
             except hl.HyperlightError as e:
                 code = 0 if "forked child" in str(e) else 2
-            sb._stop_hot()
+            hot.__exit__(None, None, None)
             os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
@@ -238,7 +238,7 @@ def test_ctrl_c_stops_a_call(hot):
         pytest.skip("signals reach the main thread only")
     with make_sandbox() as sb:
         if hot:
-            sb._start_hot(0.002)
+            sb.hot(0.002).__enter__()  # left by close()
         timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()
         try:
