@@ -6,7 +6,7 @@ every offset, length and tag read back is checked against the buffer bounds,
 and a violation raises GuestError naming what is wrong."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.string cimport memcpy, memset
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from cpython.buffer cimport (PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE,
                              PyBUF_WRITABLE)
@@ -17,8 +17,8 @@ from libc.math cimport fabs, isfinite
 import numbers
 import operator
 
-from ..errors import (ArgumentTooLarge, GuestError, GuestProtocolError, GuestFunctionNotFound, GuestFunctionParameterTypeMismatch,
-                      HostFunctionError, HostFunctionNotFound)
+from ..errors import (ArgumentTooLarge, GuestError, GuestProtocolError, GuestFunctionNotFound,
+                      GuestFunctionParameterTypeMismatch, HostFunctionError, HostFunctionNotFound)
 
 from ..abi cimport (HL_RECORD_HEADER as HEADER, HL_REC_CALL as KIND_CALL, HL_REC_RETURN as KIND_RETURN,
                    HL_REC_ERROR as KIND_ERROR, HL_REC_LOG as KIND_LOG, HL_REC_PRINT as KIND_PRINT,
@@ -78,7 +78,8 @@ cdef class Reader:
         try:
             return PyUnicode_DecodeUTF8(<const char *>s, n, "strict")
         except UnicodeDecodeError as e:
-            raise GuestProtocolError(f"{self.what}: {field} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            raise GuestProtocolError(
+                f"{self.what}: {field} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
     cdef str name(self):
         return self.text(self.u16(), "name")
@@ -484,13 +485,13 @@ cdef class RecordStack:
     def pop_function_table(self):
         """Pops the FUNCTION_TABLE record of init: [(name, (param tags), return tag)]."""
         cdef Reader r = self.pop(KIND_FUNCTION_TABLE, "function table record")
-        cdef int count = r.u16(), nparams, i, j
+        cdef int count = r.u16(), nparams, _i
         out = []
-        for i in range(count):
+        for _i in range(count):
             name = r.name()
             ret = r.u8()
             nparams = r.u8()
-            params = tuple(r.u8() for j in range(nparams))
+            params = tuple(r.u8() for _ in range(nparams))
             for t in (ret,) + params:
                 if t > T_BYTES:
                     raise GuestProtocolError(f"function table: {name} uses unknown type tag {t}")

@@ -8,36 +8,20 @@ cdef extern from "pthread.h" nogil:
     int pthread_kill(pthread_t thread, int sig)
     int pthread_equal(pthread_t a, pthread_t b)
 
+from .linux_kvm cimport (
+    kvm_dirty_gfn,
+    kvm_dtable,
+    kvm_regs,
+    kvm_run,
+    kvm_segment,
+    kvm_sregs,
+    kvm_userspace_memory_region,
+)
+
+
+# The project's C helpers (kvm_shim.h: small static functions over the kernel's structs;
+# vm_setup.h: VM creation on a helper thread) and the VirtualMachine class.
 cdef extern from "kvm_shim.h" nogil:
-    struct kvm_regs:
-        uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp
-        uint64_t r8, r9, r10, r11, r12, r13, r14, r15
-        uint64_t rip, rflags
-    struct kvm_segment:
-        uint64_t base
-        uint32_t limit
-        uint16_t selector
-        uint8_t type, present, dpl, db, s, l, g, avl, unusable
-    struct kvm_dtable:
-        uint64_t base
-        uint16_t limit
-    struct kvm_sregs:
-        kvm_segment cs, ds, es, fs, gs, ss, tr, ldt
-        kvm_dtable gdt, idt
-        uint64_t cr0, cr2, cr3, cr4, cr8, efer, apic_base
-    struct kvm_userspace_memory_region:
-        uint32_t slot, flags
-        uint64_t guest_phys_addr, memory_size, userspace_addr
-    struct kvm_run:
-        uint8_t request_interrupt_window, immediate_exit
-        uint32_t exit_reason
-        uint64_t kvm_valid_regs, kvm_dirty_regs
-    unsigned long KVM_GET_API_VERSION, KVM_CREATE_VM, KVM_CHECK_EXTENSION, KVM_GET_VCPU_MMAP_SIZE
-    unsigned long KVM_CREATE_VCPU, KVM_SET_USER_MEMORY_REGION, KVM_RUN
-    unsigned long KVM_GET_REGS, KVM_SET_REGS, KVM_GET_SREGS, KVM_SET_SREGS, KVM_ENABLE_CAP
-    int KVM_CAP_IMMEDIATE_EXIT, KVM_CAP_SYNC_REGS, KVM_CAP_USER_MEMORY
-    int KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR
-    int KVM_EXIT_FAIL_ENTRY, KVM_EXIT_INTR, KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_IO_OUT
     uint8_t hl_io_direction(kvm_run *r)
     uint16_t hl_io_port(kvm_run *r)
     uint8_t hl_io_size(kvm_run *r)
@@ -51,9 +35,6 @@ cdef extern from "kvm_shim.h" nogil:
     uint64_t hl_internal_data(kvm_run *r, int i)
     uint64_t hl_fail_entry_reason(kvm_run *r)
     int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd)
-    struct kvm_dirty_gfn:
-        uint32_t flags, slot
-        uint64_t offset
     struct hl_vcpu_state:
         kvm_regs regs
         kvm_sregs sregs
@@ -67,8 +48,6 @@ cdef extern from "kvm_shim.h" nogil:
     int hl_gfn_dirty(kvm_dirty_gfn *e)
     void hl_gfn_collected(kvm_dirty_gfn *e)
     int hl_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
-    unsigned long KVM_RESET_DIRTY_RINGS
-    int KVM_CAP_DIRTY_LOG_RING, KVM_EXIT_DIRTY_RING_FULL, KVM_DIRTY_LOG_PAGE_OFFSET, KVM_MEM_LOG_DIRTY_PAGES
     int hl_install_cancel_handler(int sig)
 
 cdef extern from "vm_setup.h" nogil:
@@ -85,7 +64,6 @@ cdef extern from "vm_setup.h" nogil:
         int err, failed_slot
     int hl_setup_vm(hl_vm_setup *s)
     int HL_SETUP_SERIAL, HL_SETUP_NO_CPUID
-
 
 
 # What run() returns besides a port number (0..65535) for `out` (kvm.EXIT_* in Python).
@@ -106,7 +84,7 @@ cdef class VirtualMachine:
     cdef int vm_fd, vcpu_fd
     cdef kvm_run *run_ptr
     cdef object memory  # keeps the guest memory mapped while KVM uses it
-    cdef pthread_t thread  # the thread that claimed the vCPU (begin_c)
+    cdef pthread_t thread  # the thread that claimed the vCPU (claim)
     cdef public pthread_t signal_thread  # the thread running KVM_RUN, which kill() signals
     cdef bint cancel_requested
     cdef readonly bint active  # a call is running; changed only with the GIL held
@@ -114,8 +92,8 @@ cdef class VirtualMachine:
     cdef readonly bint closed
     cdef readonly bint forked  # created by the parent of this (forked) process: unusable here
     cdef bint closing  # close() has begun: calls waiting for the vCPU give up
-    cdef PyThread_type_lock call_lock  # held from begin_c() to end_c(): one call at a time
-    cdef public double max_wait  # seconds begin_c() waits for the vCPU by default; < 0: no limit
+    cdef PyThread_type_lock call_lock  # held from claim() to release(): one call at a time
+    cdef public double max_wait  # seconds claim() waits for the vCPU by default; < 0: no limit
     cdef object __weakref__
     # Dirty-page tracking of the slots that log: the dirty ring when KVM has it, else bitmaps.
     cdef int nslots
@@ -140,7 +118,7 @@ cdef class VirtualMachine:
     cdef _set_mode(self, uint64_t cr0, uint64_t cr4, uint64_t efer, uint64_t cr3, uint16_t cs, uint16_t ds,
                    uint8_t dpl, bint long_mode, uint64_t gdt, uint16_t gdt_limit, uint64_t idt,
                    uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint16_t tss_selector)
-    cdef uint64_t begin_c(self, double wait=*) except 0
+    cdef uint64_t claim(self, double wait=*) except 0
     cdef void _wait_turn(self, double wait) except *
-    cdef void end_c(self) noexcept
+    cdef void release(self) noexcept
     cpdef int run(self) except? -100

@@ -14,12 +14,39 @@ from libc.string cimport memset
 from libc.stdlib cimport calloc, realloc, free
 from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
 from posix.unistd cimport close as c_close
-from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED
+from posix.mman cimport munmap, MAP_FAILED
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThread_acquire_lock,
                                PyThread_release_lock, PyLockStatus, PY_LOCK_ACQUIRED, PY_LOCK_INTR,
                                NOWAIT_LOCK)
 from libc.math cimport isfinite
+
+from .linux_kvm cimport (
+    KVM_CAP_DIRTY_LOG_RING,
+    KVM_CAP_IMMEDIATE_EXIT,
+    KVM_CAP_SYNC_REGS,
+    KVM_CAP_USER_MEMORY,
+    KVM_CHECK_EXTENSION,
+    KVM_CREATE_VM,
+    KVM_EXIT_DIRTY_RING_FULL,
+    KVM_EXIT_FAIL_ENTRY,
+    KVM_EXIT_HLT,
+    KVM_EXIT_INTERNAL_ERROR,
+    KVM_EXIT_INTR,
+    KVM_EXIT_IO,
+    KVM_EXIT_IO_OUT,
+    KVM_EXIT_MMIO,
+    KVM_EXIT_SHUTDOWN,
+    KVM_GET_API_VERSION,
+    KVM_GET_REGS,
+    KVM_GET_SREGS,
+    KVM_GET_VCPU_MMAP_SIZE,
+    KVM_MEM_LOG_DIRTY_PAGES,
+    KVM_RESET_DIRTY_RINGS,
+    KVM_RUN,
+    KVM_SET_REGS,
+    KVM_SET_SREGS,
+)
 import time
 
 from ..errors import (HyperlightError, KvmUnavailable, OutOfFileDescriptors, SandboxBusy, SandboxClosed,
@@ -34,7 +61,7 @@ cdef extern from "pythread.h":
     PyLockStatus PyThread_acquire_lock_timed(PyThread_type_lock lock, long long microseconds,
                                              int intr_flag) nogil
 
-WAIT_DEFAULT = -2.0  # begin_c(): wait as long as the VM's max_wait says
+WAIT_DEFAULT = -2.0  # claim(): wait as long as the VM's max_wait says
 cdef double _WAIT_DEFAULT = -2.0
 
 # Every live VM, so a forked child can mark those of its parent unusable (no per-call check).
@@ -59,6 +86,7 @@ def fd_exhausted(int err, str what):
     if err == ENFILE:
         return OutOfFileDescriptors(err, f"{what}: the system-wide limit of open files is reached")
     return None
+
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long x) nogil
@@ -117,7 +145,8 @@ def _set_serial_setup(bint serial) -> bool:
     _serial_setup = serial
     return old
 
-import signal as _signal
+
+import signal as _signal  # noqa: E402 (beside the one constant that needs it)
 CANCEL_SIGNAL = _signal.SIGRTMIN + 2
 
 cdef int _kvm_fd = -1
@@ -491,7 +520,7 @@ cdef class VirtualMachine:
 
     # -- running ------------------------------------------------------------------------------
 
-    cdef uint64_t begin_c(self, double wait=_WAIT_DEFAULT) except 0:
+    cdef uint64_t claim(self, double wait=_WAIT_DEFAULT) except 0:
         """Claims the vCPU for a call. A call running in another thread is waited for, up to
         `wait` seconds (< 0: no limit, the default: max_wait), else SandboxBusy."""
         self._check()
@@ -533,22 +562,13 @@ cdef class VirtualMachine:
             raise SandboxBusy(f"the sandbox is already running a call from another thread; "
                               f"waited {wait:g} s for it")
 
-    cdef void end_c(self) noexcept:
+    cdef void release(self) noexcept:
         if self.active:
             PyThread_release_lock(self.call_lock)
         self.active = False
         self.cancel_requested = False
         if self.run_ptr != NULL:
             self.run_ptr.immediate_exit = 0
-
-    def begin_call(self, double wait=_WAIT_DEFAULT) -> int:
-        """Marks a call as running on this thread, so kill() can reach it; returns its generation.
-        Waits for a call running in another thread as begin_c() does."""
-        return self.begin_c(wait)
-
-    def end_call(self) -> None:
-        """Ends the running call: a kill() from now on does not affect the next one."""
-        self.end_c()
 
     def kill(self, generation: int = -1) -> bool:
         """Stops the running call (from any thread); False if no call is running, or if
@@ -609,10 +629,10 @@ cdef class VirtualMachine:
         after itself, ignoring a restored RIP): call this after an exit the guest is not
         resumed from, before the vCPU state is changed or saved."""
         self._check()
-        cdef int rc = 0, i
+        cdef int rc = 0, _i
         cdef int fd = self.vcpu_fd
         self.run_ptr.immediate_exit = 1
-        for i in range(64):  # a string instruction may need several exits to finish
+        for _i in range(64):  # a string instruction may need several exits to finish
             with nogil:
                 rc = ioctl(fd, KVM_RUN, 0)
             if rc < 0:
@@ -672,14 +692,6 @@ cdef class VirtualMachine:
                     bits &= bits - 1
         return 0
 
-    def take_dirty_pages(self):
-        """Host-memory page indices written since the last call (logged slots); may repeat."""
-        self._check()
-        self.harvest_c()
-        out = [self.dirty[i] for i in range(self.n_dirty)]
-        self.n_dirty = 0
-        return out
-
     def discard_dirty_pages(self) -> None:
         """Forgets the pages written so far (the memory now is the new baseline)."""
         self._check()
@@ -709,7 +721,6 @@ cdef class VirtualMachine:
         cdef int rc = hl_load_state(self.vcpu_fd, self.run_ptr, st, self.sync_regs, what)
         if rc < 0:
             raise OSError(-rc, f"loading the vCPU state: {os.strerror(-rc)}")
-
 
     # -- exit details (read after run() returned) ---------------------------------------------
 

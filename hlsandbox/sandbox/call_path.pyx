@@ -2,7 +2,7 @@
 """The per-call hot path in Cython: claim the vCPU, write the CALL record, run until
 HALT, read the result. Exits other than HALT (host calls, logs, prints, faults) go
 to the sandbox's Python handler, which serves them or raises to end the call."""
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy
 
 from ..abi cimport HL_PORT_HALT as PORT_HALT
@@ -37,45 +37,45 @@ cdef class CallPath:
         self.serve = serve
         self.on_timeout = on_timeout
 
-    cpdef uint64_t begin(self, double wait=-2.0) except 0:
+    cpdef uint64_t claim(self, double wait=-2.0) except 0:
         """Claims the vCPU for a call, waiting for one running in another thread (`wait`:
         seconds, < 0 no limit, -2 the VM's max_wait); returns its generation."""
-        return self.vm.begin_c(wait)
+        return self.vm.claim(wait)
 
-    cpdef end(self):
-        self.vm.end_c()
+    cpdef release(self):
+        self.vm.release()
 
     def call(self, bytes name, tuple tags, int ret_tag, tuple args, double wait=-2.0):
         """One guest call; the caller has checked the function exists and the sandbox
         is not poisoned. `wait` as for begin()."""
-        cdef uint64_t generation = self.vm.begin_c(wait)
+        cdef uint64_t generation = self.vm.claim(wait)
         try:
             if self.poisoned:  # by the call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             return self._claimed_call(generation, name, tags, ret_tag, args)
         finally:
-            self.vm.end_c()
+            self.vm.release()
 
     def call_limited(self, bytes name, tuple tags, int ret_tag, tuple args, double wait, double timeout, out):
         """call() with a time limit of `timeout` seconds (<= 0: none; on_timeout() stops
         the call when it passes) and, if `out` is not None, the bytes result decoded into
         the writable buffer `out` (returns its length)."""
-        cdef uint64_t generation = self.vm.begin_c(wait)
+        cdef uint64_t generation = self.vm.claim(wait)
         try:
             if self.poisoned:  # by the call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
             return claimed_limited_call(self, self.input, self.output, generation, name, tags, ret_tag, args,
                                         timeout, out)
         finally:
-            self.vm.end_c()
+            self.vm.release()
 
     def call_restoring(self, bytes name, tuple tags, int ret_tag, tuple args, RestorePlan plan,
                        double wait=-2.0):
         """call(), then, whatever happened, the restore `plan` while the vCPU is still
         claimed: the per-request clean guest, with no Python between call and restore."""
-        cdef uint64_t generation = self.vm.begin_c(wait)
+        cdef uint64_t generation = self.vm.claim(wait)
         if self.poisoned:  # by the call this one waited for
-            self.vm.end_c()
+            self.vm.release()
             raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
         try:
             return self._claimed_call(generation, name, tags, ret_tag, args)
@@ -85,24 +85,24 @@ cdef class CallPath:
                 self.poisoned = False
                 self.pending, self.pending_generation = plan.snapshot, self.vm.generation
             finally:
-                self.vm.end_c()
+                self.vm.release()
 
     def restore(self, RestorePlan plan):
         """The fast restore `plan` with the vCPU claimed (raises if a call is running);
         the sandbox is no longer poisoned."""
-        self.vm.begin_c()
+        self.vm.claim()
         try:
             plan.apply(self.vm)
             self.poisoned = False
             self.pending, self.pending_generation = plan.snapshot, self.vm.generation
         finally:
-            self.vm.end_c()
+            self.vm.release()
 
     cdef object _claimed_call(self, uint64_t generation, bytes name, tuple tags, int ret_tag, tuple args):
         self.input.push_call(name, tags, args)
         self.output.clear()
         self.run_until_halt(generation)
-        # Decode while the vCPU is still claimed: once end_c() runs, close() in another
+        # Decode while the vCPU is still claimed: once release() runs, close() in another
         # thread may unmap guest memory (a GC pass or a GuestError's __init__ can
         # switch threads in the middle of the decode).
         return self.output.pop_result(ret_tag)
@@ -130,7 +130,7 @@ cdef class CallPath:
 
 
 def claimed_limited_call(path, RecordStack input, RecordStack output, uint64_t generation, bytes name,
-                                tuple tags, int ret_tag, tuple args, double timeout, out):
+                         tuple tags, int ret_tag, tuple args, double timeout, out):
     """The body of call_limited() (CallPath and HotPath), the vCPU claimed by the caller."""
     token = WATCHDOG.arm(timeout, partial(path.on_timeout, generation)) if timeout > 0 else None
     try:
@@ -140,7 +140,7 @@ def claimed_limited_call(path, RecordStack input, RecordStack output, uint64_t g
     finally:
         if token is not None:
             WATCHDOG.disarm(token)
-    # Decoded before the caller's end_c(), as in CallPath._claimed_call().
+    # Decoded before the caller's release(), as in CallPath._claimed_call().
     if out is None:
         return output.pop_result(ret_tag)
     return output.pop_result_into(out)

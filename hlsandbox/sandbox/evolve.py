@@ -95,7 +95,7 @@ def initialise(sb: MultiUseSandbox, binary: GuestBinary) -> None:
 
 def _run_init(sb: MultiUseSandbox, timeout: float | None) -> None:
     path = sb._path
-    generation = path.begin()
+    generation = path.claim()
     token = None
     try:
         if timeout and timeout != math.inf:
@@ -104,7 +104,7 @@ def _run_init(sb: MultiUseSandbox, timeout: float | None) -> None:
     finally:
         if token is not None:
             WATCHDOG.disarm(token)
-        path.end()
+        path.release()
 
 
 def resume(sb: MultiUseSandbox, snap: Snapshot, derived: SnapshotDerived) -> None:

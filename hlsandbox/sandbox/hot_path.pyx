@@ -21,17 +21,16 @@ from libc.stdlib cimport calloc, free
 from cpython.exc cimport PyErr_CheckSignals
 
 from ..abi cimport (HL_HOT_STATE, HL_HOT_MODE, HL_HOT_SPIN, HL_HOT_WAITING, HL_HOT_MAILBOX_SIZE, HL_HOT_POSTED,
-                   HL_HOT_RESUMED, HL_HOT_PARKED, HL_HOT_ON, HL_HOT_OFF, HL_PORT_LOG, HL_PORT_CALL_FUNCTION, HL_PORT_PRINT,
-                   HL_PORT_HALT)
+                    HL_HOT_RESUMED, HL_HOT_PARKED, HL_HOT_ON, HL_HOT_OFF, HL_PORT_LOG, HL_PORT_CALL_FUNCTION,
+                    HL_PORT_PRINT, HL_PORT_HALT)
 from ..func.wire cimport RecordStack
-from ..hypervisor.kvm cimport (VirtualMachine, terminal_exit_code, kvm_run, pthread_t, pthread_self, pthread_kill, pthread_equal,
-                               KVM_RUN, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_INTR, KVM_EXIT_DIRTY_RING_FULL,
-                               KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_HLT,
-                               KVM_EXIT_FAIL_ENTRY, hl_io_direction, hl_io_size, hl_io_count, hl_io_port)
+from ..hypervisor.kvm cimport (VirtualMachine, terminal_exit_code, pthread_t, pthread_self, pthread_kill,
+                               pthread_equal, hl_io_direction, hl_io_size, hl_io_count, hl_io_port)
+from ..hypervisor.linux_kvm cimport (kvm_run, KVM_RUN, KVM_EXIT_IO, KVM_EXIT_IO_OUT, KVM_EXIT_INTR,
+                                     KVM_EXIT_DIRTY_RING_FULL)
 from ..mem.shared_memory cimport SharedMemory
 
 import os
-import threading
 
 from ..errors import ExecutionCanceled, GuestProtocolError, HyperlightError, PoisonedSandbox, UsedAfterFork
 from .call_path import claimed_limited_call
@@ -178,7 +177,8 @@ cdef class HotPath:
                  SharedMemory memory, uint64_t mailbox, double spin):
         if not spin > 0:
             raise ValueError(f"spin must be positive seconds, got {spin!r}")
-        if mailbox % 64 or mailbox < <uint64_t>memory.base or mailbox + HL_HOT_MAILBOX_SIZE > <uint64_t>memory.base + memory.size:
+        if (mailbox % 64 or mailbox < <uint64_t>memory.base
+                or mailbox + HL_HOT_MAILBOX_SIZE > <uint64_t>memory.base + memory.size):
             raise ValueError("the hot mailbox is outside guest memory")
         self.vm, self.input, self.output, self.serve, self.cold, self.memory = vm, input, output, serve, cold, memory
         self.mb = <volatile uint64_t *>mailbox
@@ -222,46 +222,46 @@ cdef class HotPath:
 
     # -- claiming the vCPU (as CallPath) -------------------------------------------------------
 
-    cpdef uint64_t begin(self, double wait=-2.0) except 0:
+    cpdef uint64_t claim(self, double wait=-2.0) except 0:
         """Claims the vCPU for a call (`wait` as CallPath.begin); kill() now signals the
         vCPU thread."""
         if self.closed:
             raise HyperlightError("the sandbox has left hot mode")
         if getpid() != self.pid:
             raise UsedAfterFork("a hot sandbox cannot be used in a forked child (its vCPU thread is in the parent)")
-        cdef uint64_t generation = self.vm.begin_c(wait)
+        cdef uint64_t generation = self.vm.claim(wait)
         self.vm.signal_thread = self.tid
         return generation
 
-    cdef uint64_t _begin_call(self, double wait) except 0:
+    cdef uint64_t _claim_for_call(self, double wait) except 0:
         """begin() for a guest call, which a sandbox poisoned by the call it waited for refuses."""
-        cdef uint64_t generation = self.begin(wait)
+        cdef uint64_t generation = self.claim(wait)
         if self.cold.poisoned:
-            self.vm.end_c()
+            self.vm.release()
             raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
         return generation
 
-    cpdef end(self):
-        self.vm.end_c()
+    cpdef release(self):
+        self.vm.release()
 
     def call(self, bytes name, tuple tags, int ret_tag, tuple args, double wait=-2.0):
-        cdef uint64_t generation = self._begin_call(wait)
+        cdef uint64_t generation = self._claim_for_call(wait)
         try:
             self.input.push_call(name, tags, args)
             self.output.clear()
             self.run_until_halt(generation)
             return self.output.pop_result(ret_tag)
         finally:
-            self.vm.end_c()
+            self.vm.release()
 
     def call_limited(self, bytes name, tuple tags, int ret_tag, tuple args, double wait, double timeout, out):
         """CallPath.call_limited() through the mailbox."""
-        cdef uint64_t generation = self._begin_call(wait)
+        cdef uint64_t generation = self._claim_for_call(wait)
         try:
             return claimed_limited_call(self, self.input, self.output, generation, name, tags, ret_tag, args,
                                         timeout, out)
         finally:
-            self.vm.end_c()
+            self.vm.release()
 
     @property
     def on_timeout(self):
@@ -270,7 +270,7 @@ cdef class HotPath:
 
     def call_restoring(self, bytes name, tuple tags, int ret_tag, tuple args, plan, double wait=-2.0):
         """call(), then the restore `plan` (which needs the guest parked: one exit)."""
-        cdef uint64_t generation = self._begin_call(wait)
+        cdef uint64_t generation = self._claim_for_call(wait)
         try:
             self.input.push_call(name, tags, args)
             self.output.clear()
@@ -280,16 +280,16 @@ cdef class HotPath:
             try:
                 self._park_claimed()
             finally:
-                self.vm.end_c()
+                self.vm.release()
             self.cold.restore(plan)
 
     def restore(self, plan):
         """The fast restore `plan` (CallPath.restore), after parking the guest."""
-        self.begin()
+        self.claim()
         try:
             self._park_claimed()
         finally:
-            self.vm.end_c()
+            self.vm.release()
         self.cold.restore(plan)
 
     cdef int _park_claimed(self) except -1:
@@ -328,11 +328,11 @@ cdef class HotPath:
     cdef int _complete_pending(self) except -1:
         """VirtualMachine.complete_pending_exit() on the vCPU thread, which owns the vCPU
         while the sandbox is hot (KVM_RUN from another thread moves the vCPU's owner)."""
-        cdef int i
+        cdef int _i
         hl_store32(<volatile uint32_t *>&self.t.stop, 1)
         self.vm.run_ptr.immediate_exit = 1
         try:
-            for i in range(64):  # a string instruction may need several exits to finish
+            for _i in range(64):  # a string instruction may need several exits to finish
                 self.cmds += 1
                 hl_store32(&self.t.cmd_seq, self.cmds)
                 hl_hot_futex_wake(&self.t.cmd_seq)
@@ -377,10 +377,10 @@ cdef class HotPath:
         cdef uint32_t seq, i = 0
         cdef int rc
         cdef bint block = False
-        cdef int k
+        cdef int _k
         # A short call answers within a few µs: wait for it with the GIL held (releasing
         # and taking the GIL back costs more than the round trip through the mailbox).
-        for k in range(256):
+        for _k in range(256):
             s = hl_load_acquire(&self.mb[MB_STATE])
             if s != RESUMED and (s & 0xff) == POSTED:
                 return self._take_post(s)

@@ -281,7 +281,7 @@ class MultiUseSandbox:
     def _snapshot(self) -> Snapshot:
         vm = self._vm
         path = self._path
-        path.begin()
+        path.claim()
         try:
             if path.poisoned:  # by a call this one waited for
                 raise PoisonedSandbox(PoisonedSandbox.MESSAGE)
@@ -297,7 +297,7 @@ class MultiUseSandbox:
             self._baseline = snap
             return snap
         finally:
-            path.end()
+            path.release()
 
     def restore(self, snapshot: Snapshot | None = None) -> None:
         """Puts memory and vCPU state back to `snapshot` (default: the state after
@@ -327,7 +327,7 @@ class MultiUseSandbox:
         if snap is not self._baseline:
             check_same_sandbox(snap, self.layout, self._host_functions, self._functions)
         path = self._path
-        path.begin()
+        path.claim()
         try:
             if self._hot is not None:
                 self._hot.park()
@@ -342,7 +342,7 @@ class MultiUseSandbox:
             path.pending, path.pending_generation = snap, self._vm.generation
             self._after_restore()
         finally:
-            path.end()
+            path.release()
 
     def _after_restore(self) -> None:
         """Bookkeeping after a snapshot's memory and registers are back."""

@@ -141,15 +141,15 @@ def run(sb: hl.MultiUseSandbox) -> None:
             if not sig.params:
                 sb.call(name, timeout=2.0)
         return
-    vm = sb._vm
-    generation = vm.begin_call()
+    vm, path = sb._vm, sb._path
+    generation = path.claim()
     timer = threading.Timer(2.0, vm.kill, (generation,))
     timer.start()
     try:
         vm.run()
     finally:
         timer.cancel()
-        vm.end_call()
+        path.release()
 
 
 # -- mutations of the vCPU state ---------------------------------------------------------------
