@@ -25,6 +25,7 @@ EXTENSIONS = [
     Extension("hlsandbox.mem.shared_memory", ["hlsandbox/mem/shared_memory.pyx"]),
     Extension("hlsandbox.mem.paging", ["hlsandbox/mem/paging.pyx"]),
     Extension("hlsandbox.func.wire", ["hlsandbox/func/wire.pyx"], include_dirs=[ABI_HEADER_DIR]),
+    Extension("hlsandbox.hypervisor.device", ["hlsandbox/hypervisor/device.pyx"], include_dirs=["hlsandbox/hypervisor"]),
     Extension("hlsandbox.hypervisor.kvm", ["hlsandbox/hypervisor/kvm.pyx"], include_dirs=["hlsandbox/hypervisor"]),
     Extension("hlsandbox.sandbox.call_path", ["hlsandbox/sandbox/call_path.pyx"],
               include_dirs=["hlsandbox/hypervisor", ABI_HEADER_DIR]),

@@ -42,12 +42,12 @@ from .errors import (
 from .func.types import Signature, ValueType, f32, f64, i32, i64, u32, u64
 from .lua import LuaError, LuaResult, LuaSandbox, LuaSandboxPool, LuaSyntaxError
 from .mem.elf import GuestBinary
-from .sandbox.snapshot import Snapshot
 from .sandbox.config import SandboxConfiguration
 from .sandbox.hot_mode import HotMode
 from .sandbox.interrupt import InterruptHandle
 from .sandbox.multi_use import MultiUseSandbox
 from .sandbox.pool import PoolStats, SandboxPool
+from .sandbox.snapshot import Snapshot
 from .sandbox.uninitialized import UninitializedSandbox
 
 __version__ = "0.1.0"

@@ -38,9 +38,9 @@ except ImportError as e:  # pragma: no cover (the extra is installed where this 
 
 from .errors import HyperlightError
 from .mem.elf import GuestBinary
-from .sandbox.snapshot import Snapshot, data_extents, is_snapshot_file
 from .sandbox.config import SandboxConfiguration
 from .sandbox.pool import PoolStats, SandboxPool, _snapshot_of
+from .sandbox.snapshot import Snapshot, data_extents, is_snapshot_file
 
 DEFAULT_WAIT = 300.0  # seconds call() and map() wait for a result unless told otherwise
 

@@ -7,7 +7,8 @@ import os
 import pytest
 
 import hlsandbox as hl
-from hlsandbox.hypervisor import kvm
+from hlsandbox.hypervisor import device
+
 from helpers import make_sandbox
 
 REQUIRE_KVM = os.environ.get("HLSANDBOX_REQUIRE_KVM") == "1"
@@ -15,7 +16,7 @@ REQUIRE_KVM = os.environ.get("HLSANDBOX_REQUIRE_KVM") == "1"
 
 def _kvm_problem() -> str | None:
     try:
-        kvm.check_kvm()
+        device.check_kvm()
     except hl.KvmUnavailable as e:
         return str(e)
     return None

@@ -6,13 +6,11 @@ dispatch loop resumes from its last `out` (docs/abi.md), so a call is one
 KVM_RUN and one exit. Cancellation is a signal to the vCPU thread plus
 `immediate_exit`, so a kill that lands just before KVM_RUN is not lost."""
 import os
-import threading
 import weakref
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 from libc.stdlib cimport calloc, realloc, free
-from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
 from posix.unistd cimport close as c_close
 from posix.mman cimport munmap, MAP_FAILED
 from cpython.exc cimport PyErr_CheckSignals
@@ -21,13 +19,11 @@ from cpython.pythread cimport (PyThread_allocate_lock, PyThread_free_lock, PyThr
                                NOWAIT_LOCK)
 from libc.math cimport isfinite
 
+from .device cimport cancel_signal, create_vm_fd, kvm_fd, vcpu_mmap_size
 from .linux_kvm cimport (
     KVM_CAP_DIRTY_LOG_RING,
-    KVM_CAP_IMMEDIATE_EXIT,
     KVM_CAP_SYNC_REGS,
-    KVM_CAP_USER_MEMORY,
     KVM_CHECK_EXTENSION,
-    KVM_CREATE_VM,
     KVM_EXIT_DIRTY_RING_FULL,
     KVM_EXIT_FAIL_ENTRY,
     KVM_EXIT_HLT,
@@ -37,10 +33,8 @@ from .linux_kvm cimport (
     KVM_EXIT_IO_OUT,
     KVM_EXIT_MMIO,
     KVM_EXIT_SHUTDOWN,
-    KVM_GET_API_VERSION,
     KVM_GET_REGS,
     KVM_GET_SREGS,
-    KVM_GET_VCPU_MMAP_SIZE,
     KVM_MEM_LOG_DIRTY_PAGES,
     KVM_RESET_DIRTY_RINGS,
     KVM_RUN,
@@ -49,8 +43,9 @@ from .linux_kvm cimport (
 )
 import time
 
-from ..errors import (HyperlightError, KvmUnavailable, OutOfFileDescriptors, SandboxBusy, SandboxClosed,
+from ..errors import (HyperlightError, KvmUnavailable, SandboxBusy, SandboxClosed,
                       UsedAfterFork)
+from .device import fd_exhausted
 from .vcpu_state import AMD64_CR0, AMD64_CR4, AMD64_EFER, I686_CR0
 
 cdef extern from "errno.h":
@@ -74,18 +69,6 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def fd_exhausted(int err, str what):
-    """The exception for running out of file descriptors, naming the limit; None for another errno."""
-    if err == EMFILE:
-        import resource
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return OutOfFileDescriptors(err, f"{what}: the process has reached its limit of {soft} open files "
-                                         f"(`ulimit -n`); close sandboxes or raise the limit")
-    if err == ENFILE:
-        return OutOfFileDescriptors(err, f"{what}: the system-wide limit of open files is reached")
-    return None
 
 
 cdef extern from *:
@@ -146,96 +129,12 @@ def _set_serial_setup(bint serial) -> bool:
     return old
 
 
-import signal as _signal  # noqa: E402 (beside the one constant that needs it)
-CANCEL_SIGNAL = _signal.SIGRTMIN + 2
-
-cdef int _kvm_fd = -1
-cdef int _run_size = 0
 # The FPU state and MSRs of a vCPU that has not run, read once per process for vCPUs with
 # and without a CPUID table ([1] and [0]; what KVM exports may depend on the table):
 # loading a snapshot whose parts equal them into a new vCPU skips those vCPU ioctls (a
 # CPL3 guest cannot change MSRs, so amd64 snapshots never need KVM_SET_MSRS there).
 cdef hl_vcpu_state _reset_states[2]
 cdef bint _have_reset_state[2]
-_kvm_lock = threading.Lock()
-
-
-def is_kvm_pvm() -> bool:
-    """True on kvm-pvm, the paravirtual KVM that emulates guest CPL0 code."""
-    return os.path.exists("/sys/module/kvm_pvm")
-
-
-_cpl3_cpuid_is_the_hosts = None
-
-
-def cpuid_needed(cpl3_guest: bool) -> bool:
-    """Whether a vCPU needs KVM_SET_CPUID2 (60-90 us on kvm-pvm, on the critical path of
-    creating a sandbox). On kvm-pvm a CPL3 guest's `cpuid` returns the host's CPUID, not
-    the vCPU's table (platform.md), so the table only sets the guest's physical address
-    width, which hlsandbox's layouts keep below 36 bits, the width of an empty table. CPL0
-    guests (the i686 profile) read the table; on hardware KVM every guest does.
-    HLSANDBOX_SET_CPUID=1 sets it always."""
-    global _cpl3_cpuid_is_the_hosts
-    if _cpl3_cpuid_is_the_hosts is None:
-        _cpl3_cpuid_is_the_hosts = is_kvm_pvm()
-    return not (cpl3_guest and _cpl3_cpuid_is_the_hosts) or os.environ.get("HLSANDBOX_SET_CPUID") == "1"
-
-
-cdef int kvm_fd() except -1:
-    """Opens /dev/kvm once per process and checks what hlsandbox needs of it."""
-    global _kvm_fd, _run_size
-    if _kvm_fd >= 0:
-        return _kvm_fd
-    with _kvm_lock:
-        if _kvm_fd >= 0:
-            return _kvm_fd
-        path = os.environ.get("HLSANDBOX_KVM_DEVICE", "/dev/kvm")
-        fd = c_open(path.encode(), O_RDWR | O_CLOEXEC)
-        if fd < 0:
-            err = errno
-            why = {2: "it does not exist (is the kvm module loaded? is this a VM without nested virtualization?)",
-                   13: "permission denied (add the user to the 'kvm' group or fix the device's mode)",
-                   1: "operation not permitted"}.get(err, os.strerror(err))
-            raise KvmUnavailable(f"cannot open {path}: {why}")
-        try:
-            version = ioctl(fd, KVM_GET_API_VERSION, 0)
-            if version != 12:
-                raise KvmUnavailable(f"{path}: KVM API version {version}, expected 12")
-            for cap, name in ((KVM_CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT"),
-                              (KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY")):
-                if ioctl(fd, KVM_CHECK_EXTENSION, cap) <= 0:
-                    raise KvmUnavailable(f"{path}: missing {name}")
-            size = ioctl(fd, KVM_GET_VCPU_MMAP_SIZE, 0)
-            if size <= 0:
-                raise KvmUnavailable(f"{path}: KVM_GET_VCPU_MMAP_SIZE failed: {os.strerror(errno)}")
-            if hl_install_cancel_handler(CANCEL_SIGNAL) != 0:
-                raise KvmUnavailable(f"cannot install the cancellation signal handler: {os.strerror(errno)}")
-        except BaseException:
-            c_close(fd)
-            raise
-        _run_size = size
-        _kvm_fd = fd
-        return fd
-
-
-cdef int create_vm_fd(int kfd) noexcept:
-    """KVM_CREATE_VM, again while it fails with EINTR: the kernel refuses it while any signal
-    is pending for the thread (mm_take_all_locks), e.g. a kill() that raced its call's end."""
-    cdef int fd = ioctl(kfd, KVM_CREATE_VM, 0)
-    while fd < 0 and errno == EINTR:
-        fd = ioctl(kfd, KVM_CREATE_VM, 0)
-    return fd
-
-
-def check_kvm() -> None:
-    """Raises KvmUnavailable naming the cause if /dev/kvm cannot be used."""
-    kvm_fd()
-    cdef int vm = create_vm_fd(_kvm_fd)
-    if vm < 0:
-        raise KvmUnavailable(f"KVM_CREATE_VM failed: {os.strerror(errno)}")
-    c_close(vm)
-
-
 cdef inline void _flat_segment(kvm_segment *s, uint16_t selector, bint code, uint8_t dpl, bint long_mode):
     """A flat 4 GiB segment: 64-bit code (L=1) or 32-bit (D/B=1) code or data."""
     memset(s, 0, sizeof(kvm_segment))
@@ -334,7 +233,7 @@ cdef class VirtualMachine:
             setup.parts = 0 if state == NULL or not _have_reset_state[mode] else \
                 HL_LOAD_FPU_MSRS & ~hl_state_same_parts(state, reset, HL_LOAD_FPU_MSRS)
             setup.flags = (HL_SETUP_SERIAL if _serial_setup else 0) | (0 if set_cpuid else HL_SETUP_NO_CPUID)
-            setup.run_size = _run_size
+            setup.run_size = vcpu_mmap_size()
             setup.ring_bytes = DIRTY_RING_ENTRIES * 16 if self.uses_dirty_ring else 0
             with nogil:  # vCPU creation and slot registration overlap (vm_setup.h)
                 rc = hl_setup_vm(&setup)
@@ -390,7 +289,7 @@ cdef class VirtualMachine:
             munmap(self.ring, self.ring_entries * 16)
             self.ring = NULL
         if self.run_ptr != NULL:
-            munmap(self.run_ptr, _run_size)
+            munmap(self.run_ptr, vcpu_mmap_size())
             self.run_ptr = NULL
         if self.vcpu_fd >= 0:
             c_close(self.vcpu_fd)
@@ -583,7 +482,7 @@ cdef class VirtualMachine:
             return True
         self.cancel_requested = True
         self.run_ptr.immediate_exit = 1  # a kill just before KVM_RUN is not lost
-        pthread_kill(self.signal_thread, CANCEL_SIGNAL)
+        pthread_kill(self.signal_thread, cancel_signal())
         return True
 
     cpdef int run(self) except? -100:

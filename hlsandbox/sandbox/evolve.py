@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HyperlightError, SnapshotMismatch
 from ..func.wire import RecordStack
-from ..hypervisor import kvm
+from ..hypervisor import device, kvm
 from ..mem.builder import build_guest_memory, thread_pointer
 from ..mem.elf import ElfImage, GuestBinary
 from ..mem.layout import TSS_SIZE, ImageShape, SandboxMemoryLayout
@@ -42,7 +42,7 @@ def attach(sb: MultiUseSandbox, memory: SharedMemory, slots: list[Any] | None = 
     sb._input = RecordStack(memory, base + L.host(L.input_gpa), L.input_size, "input")
     sb._output = RecordStack(memory, base + L.host(L.output_gpa), L.output_size, "output")
     vm = sb._vm = kvm.VirtualMachine(memory, base, slots or L.slots(), state,
-                                     set_cpuid=kvm.cpuid_needed(cpl3_guest=L.profile == "amd64"))
+                                     set_cpuid=device.cpuid_needed(cpl3_guest=L.profile == "amd64"))
     config = sb._config
     max_wait = config.max_wait_time if config is not None else None
     vm.max_wait = -1.0 if max_wait is None else max_wait
@@ -136,6 +136,6 @@ def resume(sb: MultiUseSandbox, snap: Snapshot, derived: SnapshotDerived) -> Non
 def raise_fd_limit(e: BaseException) -> None:
     """Re-raises running out of file descriptors (a memfd, an mmap) as OutOfFileDescriptors."""
     if isinstance(e, OSError) and not isinstance(e, HyperlightError):
-        exhausted = kvm.fd_exhausted(e.errno or 0, "creating a sandbox")
+        exhausted = device.fd_exhausted(e.errno or 0, "creating a sandbox")
         if exhausted is not None:
             raise exhausted from e

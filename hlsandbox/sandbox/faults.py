@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from ..errors import GuestEmulationFailure, GuestFault, HyperlightError, MemoryAccessViolation, StackOverflow
-from ..hypervisor import kvm
+from ..hypervisor import device, kvm
 from ..mem.layout import SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory
 from ..mem.system_tables import DOUBLE_FAULT
@@ -99,7 +99,7 @@ def _i686_fault(mem: SharedMemory, layout: SandboxMemoryLayout, vector_out: int,
 
 def fault_from_exit(code: int, vm: kvm.VirtualMachine) -> HyperlightError:
     """An exit that is not one of the ABI's ports."""
-    pvm = " (kvm-pvm emulates guest CPL0 and 32-bit code)" if kvm.is_kvm_pvm() else ""
+    pvm = " (kvm-pvm emulates guest CPL0 and 32-bit code)" if device.is_kvm_pvm() else ""
     if code == kvm.EXIT_MMIO:
         d = vm.mmio_detail()
         return MemoryAccessViolation(f"guest {'write' if d['write'] else 'read'} of unbacked guest physical "

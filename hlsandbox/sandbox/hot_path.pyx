@@ -34,7 +34,7 @@ import os
 
 from ..errors import ExecutionCanceled, GuestProtocolError, HyperlightError, PoisonedSandbox, UsedAfterFork
 from .call_path import claimed_limited_call
-from ..hypervisor import kvm as _kvm
+from ..hypervisor import device as _device, kvm as _kvm
 
 cdef extern from "errno.h" nogil:
     int errno
@@ -83,7 +83,7 @@ cdef enum:
     PORT_HALT = HL_PORT_HALT
     CONTINUE = -1000  # internal: the exit was consumed, keep waiting
 
-cdef int CANCEL_SIGNAL = _kvm.CANCEL_SIGNAL
+cdef int CANCEL_SIGNAL = _device.CANCEL_SIGNAL
 cdef int EXIT_CANCELED = _kvm.EXIT_CANCELED
 cdef int EXIT_MMIO = _kvm.EXIT_MMIO
 cdef int EXIT_SHUTDOWN = _kvm.EXIT_SHUTDOWN

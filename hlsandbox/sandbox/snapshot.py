@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import InvalidSnapshot, SnapshotClosed, SnapshotMismatch
 from ..func.host_functions import HostFunctionRegistry
 from ..func.types import FALLBACK, Signature, ValueType, is_fallback_entry
-from ..hypervisor import kvm
+from ..hypervisor import device, kvm
 from ..hypervisor.vcpu_state import STATE_SIZE, Expected, state_problems
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory, nonzero_pages, page_runs
@@ -528,7 +528,7 @@ _TRAMPOLINE: tuple[tuple[bool, bool], bytes] | None = None
 def _trampoline_state() -> tuple[tuple[bool, bool], bytes]:
     global _TRAMPOLINE
     if _TRAMPOLINE is None:
-        pvm = kvm.is_kvm_pvm()
+        pvm = device.is_kvm_pvm()
         kind = (pvm, pvm and host_has_avx512())
         _TRAMPOLINE = (kind, trampoline_code(*kind))
     return _TRAMPOLINE

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import hlsandbox as hl
-from hlsandbox.hypervisor import kvm
+from hlsandbox.hypervisor import device
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,4 +58,4 @@ def test_require_kvm_fails_the_test_run(tmp_path):
 
 @pytest.mark.kvm
 def test_check_kvm_passes_here():
-    kvm.check_kvm()
+    device.check_kvm()

@@ -9,7 +9,7 @@ import pytest
 
 import hlsandbox as hl
 from hlsandbox import sdk
-from hlsandbox.hypervisor import kvm
+from hlsandbox.hypervisor import device
 
 pytestmark = pytest.mark.kvm
 
@@ -31,7 +31,7 @@ def test_is_kvm_pvm_matches_how_cpl0_code_runs(tmp_path: Path) -> None:
     elf = sdk.build([src], tmp_path / "x87.elf", profile="i686")
     out = io.StringIO()
     u = hl.UninitializedSandbox(elf, writer=out)
-    if kvm.is_kvm_pvm():
+    if device.is_kvm_pvm():
         with pytest.raises(hl.GuestEmulationFailure, match="kvm-pvm emulates guest CPL0"):
             u.evolve()
         assert out.getvalue() == ""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import hlsandbox as hl
-from hlsandbox.hypervisor import kvm
+from hlsandbox.hypervisor import device, kvm
 from hlsandbox.mem.shared_memory import SharedMemory
 
 from helpers import host_add
@@ -230,14 +230,14 @@ def test_msrs_that_differ_from_a_new_vcpus_are_loaded(setup_mode, snap, how):
 
 def test_cpuid_table_is_needed_unless_cpl3_on_kvm_pvm(monkeypatch):
     monkeypatch.delenv("HLSANDBOX_SET_CPUID", raising=False)
-    monkeypatch.setattr(kvm, "_cpl3_cpuid_is_the_hosts", True)  # kvm-pvm
-    assert not kvm.cpuid_needed(cpl3_guest=True)
-    assert kvm.cpuid_needed(cpl3_guest=False)  # i686 guests run at CPL0 and read the table
+    monkeypatch.setattr(device, "_cpl3_cpuid_is_the_hosts", True)  # kvm-pvm
+    assert not device.cpuid_needed(cpl3_guest=True)
+    assert device.cpuid_needed(cpl3_guest=False)  # i686 guests run at CPL0 and read the table
     monkeypatch.setenv("HLSANDBOX_SET_CPUID", "1")
-    assert kvm.cpuid_needed(cpl3_guest=True)
-    monkeypatch.setattr(kvm, "_cpl3_cpuid_is_the_hosts", False)  # hardware KVM
+    assert device.cpuid_needed(cpl3_guest=True)
+    monkeypatch.setattr(device, "_cpl3_cpuid_is_the_hosts", False)  # hardware KVM
     monkeypatch.delenv("HLSANDBOX_SET_CPUID")
-    assert kvm.cpuid_needed(cpl3_guest=True) and kvm.cpuid_needed(cpl3_guest=False)
+    assert device.cpuid_needed(cpl3_guest=True) and device.cpuid_needed(cpl3_guest=False)
 
 
 @pytest.mark.parametrize("set_cpuid", ["0", "1"])
