@@ -12,17 +12,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "hlsandbox"
 
-# Cython modules whose stubs are being written on other branches (issue 10): these tests
-# fail today and flip (strict xfail) when the stubs land; then take the module out of here.
-STUBS_PENDING = {"hlsandbox.hypervisor.kvm", "hlsandbox.sandbox.call_path", "hlsandbox.sandbox.hot_path",
-                 "hlsandbox.func.wire"}
-
 # Names stubtest sees at run time that are no part of a module's interface.
 STUBTEST_ALLOWLIST = """\
 .*\\.__reduce_cython__
 .*\\.__setstate_cython__
 .*\\.__pyx_unpickle_.*
 .*\\.__test__
+.*\\.__pyx_capi__
 # Python < 3.12 has no __buffer__ attribute; the stubs declare the buffer protocol so that
 # memoryview(shm) type-checks.
 .*\\.__buffer__
@@ -118,18 +114,13 @@ def _cython_modules() -> list[str]:
     return sorted(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in PACKAGE.rglob("*.pyx"))
 
 
-def _pending(modules: list[str]) -> list[object]:
-    return [pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="stub being written (issue 10)"))
-            if m in STUBS_PENDING else m for m in modules]
-
-
-@pytest.mark.parametrize("module", _pending(_cython_modules()))
+@pytest.mark.parametrize("module", _cython_modules())
 def test_cython_module_has_a_stub(module: str) -> None:
     path = ROOT.joinpath(*module.split(".")).with_suffix(".pyi")
     assert path.is_file(), f"{module} has no stub {path.relative_to(ROOT)}"
 
 
-@pytest.mark.parametrize("module", _pending(_cython_modules()))
+@pytest.mark.parametrize("module", _cython_modules())
 def test_stub_matches_the_built_module(module: str, tmp_path: Path) -> None:
     allowlist = tmp_path / "allowlist.txt"
     allowlist.write_text(STUBTEST_ALLOWLIST)

@@ -46,7 +46,7 @@ import time
 from ..errors import (HyperlightError, KvmUnavailable, SandboxBusy, SandboxClosed,
                       UsedAfterFork)
 from .device import fd_exhausted
-from .vcpu_state import AMD64_CR0, AMD64_CR4, AMD64_EFER, I686_CR0
+from . import vcpu_state as _vcpu_state
 
 cdef extern from "errno.h":
     int errno
@@ -338,7 +338,8 @@ cdef class VirtualMachine:
                         uint16_t idt_limit, uint64_t tss, uint32_t tss_limit, uint64_t fs_base=0) -> None:
         """64-bit mode with paging, CS/SS at CPL3, the TSS for faults and I/O permissions;
         `fs_base`: the guest's thread pointer (docs/abi.md), 0 for none."""
-        self._set_mode(AMD64_CR0, AMD64_CR4, AMD64_EFER,  # vcpu_state.py says what each bit is for
+        # vcpu_state.py says what each bit of CR0, CR4 and EFER is for
+        self._set_mode(_vcpu_state.AMD64_CR0, _vcpu_state.AMD64_CR4, _vcpu_state.AMD64_EFER,
                        cr3, 0x23, 0x1b, 3, True, gdt, gdt_limit, idt, idt_limit, tss, tss_limit, 0x28)
         cdef kvm_sregs s
         if fs_base:
@@ -351,7 +352,7 @@ cdef class VirtualMachine:
     def setup_protected_mode(self, uint64_t gdt, uint16_t gdt_limit, uint64_t idt, uint16_t idt_limit,
                              uint64_t tss) -> None:
         """32-bit protected mode without paging at CPL0, flat segments (the i686 profile)."""
-        self._set_mode(I686_CR0, 0, 0, 0,  # CR0: PE, ET; no paging
+        self._set_mode(_vcpu_state.I686_CR0, 0, 0, 0,  # CR0: PE, ET; no paging
                        0x08, 0x10, 0, False, gdt, gdt_limit, idt, idt_limit, tss, 0x67, 0x18)
 
     cdef _set_mode(self, uint64_t cr0, uint64_t cr4, uint64_t efer, uint64_t cr3, uint16_t cs, uint16_t ds,

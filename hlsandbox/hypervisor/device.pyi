@@ -1,0 +1,13 @@
+"""Types of hlsandbox.hypervisor.device (device.pyx): /dev/kvm and what the KVM here is."""
+from hlsandbox.errors import OutOfFileDescriptors
+
+CANCEL_SIGNAL: int
+
+def is_kvm_pvm() -> bool:
+    """True on kvm-pvm, the paravirtual KVM that emulates guest CPL0 code."""
+def cpuid_needed(cpl3_guest: bool) -> bool:
+    """Whether a vCPU needs KVM_SET_CPUID2."""
+def check_kvm() -> None:
+    """Raises KvmUnavailable naming the cause if /dev/kvm cannot be used."""
+def fd_exhausted(err: int, what: str) -> OutOfFileDescriptors | None:
+    """The exception for running out of file descriptors, naming the limit; None for another errno."""
