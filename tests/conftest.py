@@ -92,5 +92,6 @@ def call_mode(request: pytest.FixtureRequest):
         return
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hl.UninitializedSandbox, "evolve", _hot_after(hl.UninitializedSandbox.evolve))
-        mp.setattr(hl.MultiUseSandbox, "from_snapshot", classmethod(_hot_after(hl.MultiUseSandbox.from_snapshot.__func__)))
+        from_snapshot = hl.MultiUseSandbox.from_snapshot.__func__
+        mp.setattr(hl.MultiUseSandbox, "from_snapshot", classmethod(_hot_after(from_snapshot)))
         yield mode

@@ -39,7 +39,7 @@ PROFILES = ("amd64", "i686")
 APIC_PAGE = 0xFEE00000
 # The highest guest physical address each profile's scratch region may reach. amd64:
 # 36 bits is the physical address width of a vCPU without a CPUID table, which is how
-# hlsandbox creates them on kvm-pvm (hypervisor/kvm.pyx, cpuid_needed()).
+# hlsandbox creates them on kvm-pvm (hypervisor/device.pyx, cpuid_needed()).
 ADDRESS_LIMIT = {"amd64": 1 << 36, "i686": 1 << 32}
 # i686: fixed places below the image (which starts at or above 0x10000).
 I686_SYSTEM_GPA = 0x1000
@@ -358,7 +358,7 @@ class SandboxMemoryLayout:
         return {k: getattr(self, k) for k in self._KEYS}
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> SandboxMemoryLayout:
+    def from_dict(cls, d: object) -> SandboxMemoryLayout:
         """Rebuilds a layout from describe(); raises ValueError if d is not one."""
         if not isinstance(d, dict) or set(d) != set(cls._KEYS):
             raise ValueError("layout fields missing or unknown")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
 
 from ..errors import (
     GuestFunctionNotFound,
@@ -56,7 +56,30 @@ class MultiUseSandbox:
     Created by UninitializedSandbox.evolve() or from_snapshot(). Close it with close()
     or a `with` block (garbage collection also releases the VM)."""
 
+    layout: SandboxMemoryLayout
     functions: Mapping[str, Signature]  # the guest's functions by name
+    _closed: bool
+    # Set by evolve.attach(); None only while the sandbox is built (close() copes with that).
+    _vm: kvm.VirtualMachine
+    _memory: SharedMemory
+    _input: RecordStack
+    _output: RecordStack
+    _exits: ExitHandler
+    _path: Any  # CallPath, or the HotPath while hot
+    _cold_path: Any  # the CallPath while hot
+    _hot: HotPath | None  # while hot: the call path (_path is it too)
+    _config: SandboxConfiguration | None  # None: the snapshot's own sizes, built when first asked for
+    _host_functions: HostFunctionRegistry
+    _write: Callable[[str], Any]
+    _counter: GuestCounter | None
+    _max_time: float | None
+    _restore_after_call: bool
+    _functions: dict[str, GuestFunction]
+    _copy_ranges: list[tuple[int, int]]
+    _restore_ranges: memoryview
+    _baseline: Snapshot | None  # what the dirty pages are relative to
+    _init_snapshot: Snapshot | None
+    _plans: RestorePlans | None  # amd64: fast-restore plans, once there is memory
 
     def __init__(self) -> None:
         raise TypeError("create a MultiUseSandbox with UninitializedSandbox(...).evolve()")
@@ -67,26 +90,17 @@ class MultiUseSandbox:
         """An empty sandbox; sandbox/evolve.py gives it memory, a VM and a guest."""
         self = object.__new__(cls)
         self._closed = True  # until fully built, so close() and __del__ are safe
-        self._vm: kvm.VirtualMachine | None = None
-        self._memory: SharedMemory | None = None
-        self._input: RecordStack
-        self._output: RecordStack
-        self._exits: ExitHandler
-        self._path: Any = None  # CallPath, or the HotPath while hot
-        self._cold_path: Any = None
-        self._hot: HotPath | None = None  # while hot: the call path (self._path is it too)
-        self._config = config  # None: the snapshot's own sizes, built when first asked for
+        self._vm = self._memory = None  # type: ignore[assignment]
+        self._path = self._cold_path = self._hot = None
+        self._config = config
         self._host_functions = host_functions
         self._write = output_function(writer)
         self._counter = counter
         self._max_time = config.max_execution_time if config is not None else None
         self._restore_after_call = config.restore_after_call if config is not None else False
-        self._functions: dict[str, GuestFunction] = {}
-        self._copy_ranges: list[tuple[int, int]] = []
-        self._restore_ranges: memoryview
-        self._baseline: Snapshot | None = None  # what the dirty pages are relative to
-        self._init_snapshot: Snapshot | None = None
-        self._plans: RestorePlans | None = None  # amd64: fast-restore plans, once there is memory
+        self._functions = {}
+        self._copy_ranges = []
+        self._baseline = self._init_snapshot = self._plans = None
         self.layout = layout
         return self
 
@@ -246,7 +260,7 @@ class MultiUseSandbox:
         """True inside `with sb.hot()`."""
         return self._hot is not None
 
-    def _refuse(self, name: str = "") -> None:
+    def _refuse(self, name: str = "") -> NoReturn:
         if self._vm is not None and self._vm.forked:
             raise UsedAfterFork("this sandbox was created by the parent process before fork(); its VM "
                                 "belongs to the parent: create a new sandbox in the child")
@@ -313,6 +327,8 @@ class MultiUseSandbox:
 
     def _restore(self, snapshot: Snapshot | None) -> None:
         snap = self._init_snapshot if snapshot is None else snapshot
+        if snap is None:  # closed meanwhile
+            self._refuse()
         plan = self._plans.plan_for(snap) if snap is self._baseline and self._plans is not None else None
         if plan is not None:  # amd64: the fast path, one Cython call
             if snapshot is not None and snap._closed:
@@ -354,7 +370,7 @@ class MultiUseSandbox:
     @property
     def poisoned(self) -> bool:
         """True after an abort, fault or cancellation until the sandbox is restored."""
-        return self._path.poisoned
+        return bool(self._path.poisoned)
 
     def read_memory(self, gpa: int, size: int) -> bytes:
         """A copy of guest memory at guest physical address `gpa` (for inspection and tests);

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import os
@@ -233,7 +234,7 @@ class SandboxPool:
         future = self._workers.run_for_loop(lambda: self._guarded_call(guard, name, args, timeout))
         return await await_cancellable(future, guard)
 
-    def _guarded_call(self, guard: CallGuard, name: str, args: tuple, timeout: float | None) -> Any:
+    def _guarded_call(self, guard: CallGuard, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
         if guard.cancelled:
             raise CancelledCall()
         sb = self._acquire(None)
@@ -301,7 +302,7 @@ class SandboxPool:
             with self._cond:
                 self._all[id(sb)] = sb
                 self._lent.add(id(sb))
-                if self._closed:
+                if self.closed:  # closed meanwhile, by another thread
                     self._forget(sb)
                     _close_quietly(sb)
                     raise SandboxClosed("the pool is closed")
@@ -334,7 +335,7 @@ class SandboxPool:
         with self._cond:
             if called:
                 self._calls += 1
-            if not replaced and not self._closed:  # the common case, kept short
+            if not replaced and not self.closed:  # the common case, kept short
                 self._restores += 1
                 self._lent.discard(id(sb))
                 self._free.append(sb)
@@ -346,7 +347,7 @@ class SandboxPool:
                 self._replacements += 1
                 if fresh is None:
                     self._missing += 1
-                elif self._closed:
+                elif self.closed:
                     _close_quietly(fresh)
                 else:
                     self._all[id(fresh)] = fresh
@@ -372,10 +373,10 @@ class SandboxPool:
         waits, and percentiles of the most recent waits for a sandbox (seconds)."""
         with self._cond:
             waits = sorted(self._waits)
-            stats = dict(size=self._size, free=len(self._free), lent=len(self._lent), lends=self._lends,
-                         calls=self._calls, errors=dict(self._errors), restores=self._restores,
-                         replacements=self._replacements, exhausted=self._exhausted)
-        return PoolStats(**stats, wait_seconds=_percentiles(waits))
+            stats = PoolStats(size=self._size, free=len(self._free), lent=len(self._lent), lends=self._lends,
+                              calls=self._calls, errors=dict(self._errors), restores=self._restores,
+                              replacements=self._replacements, exhausted=self._exhausted)
+        return dataclasses.replace(stats, wait_seconds=_percentiles(waits))
 
     @property
     def closed(self) -> bool:

@@ -76,7 +76,7 @@ def memory_checksum(image: memoryview, extents: Iterable[tuple[int, int]]) -> in
     return crc
 
 
-def _sig_list(sigs: Iterable[Signature]) -> list:
+def _sig_list(sigs: Iterable[Signature]) -> list[list[Any]]:
     return [[s.name, [int(p) for p in s.params], int(s.returns)] for s in sigs]
 
 
@@ -93,7 +93,7 @@ def _parse_sigs(items: Any, what: str, *, fallback: bool = False) -> list[Signat
             if not isinstance(params, list) or len(params) > 255 or \
                     not all(type(t) is int for t in params + [ret]):
                 raise ValueError
-            if not _valid_name(name) and not (fallback and is_fallback_entry(name, params, ret)):
+            if not _valid_name(name) and not (fallback and is_fallback_entry(name, tuple(params), ret)):
                 raise ValueError
             sig = Signature(name, tuple(ValueType(p) for p in params), ValueType(ret))
             if any(p == ValueType.VOID for p in sig.params):
@@ -185,7 +185,7 @@ class Snapshot:
         import json  # here, not at import: every C extension loaded adds mappings (see _lazy_note)
         return json.dumps(meta, sort_keys=True).encode()
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Writes the snapshot to a file (sparse: zero pages take no disk space). The file
         appears whole or not at all: it is written under a temporary name beside `path`
         and renamed; on failure (a directory, a place that cannot be written) the error
@@ -225,11 +225,9 @@ class Snapshot:
                 raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Snapshot:
+    def load(cls, path: str | os.PathLike[str]) -> Snapshot:
         """Reads and verifies a snapshot file; the file is opened read-only and never modified."""
-        path = os.fspath(path)
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
+        path = os.fsdecode(path)  # a str, from a str, bytes or path-like path
         try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
@@ -279,7 +277,7 @@ class Snapshot:
         if state_size != STATE_SIZE:
             raise SnapshotMismatch(f"{path}: vCPU state is {state_size} bytes, this host's is {STATE_SIZE}")
         try:
-            layout = SandboxMemoryLayout.from_dict(meta.get("layout"))
+            layout = SandboxMemoryLayout.from_dict(meta.get("layout"))  # checks it is a dict
         except ValueError as e:
             raise InvalidSnapshot(f"{path}: {e}") from None
         if layout.profile != meta["profile"]:

@@ -30,7 +30,7 @@ class UninitializedSandbox:
     the call raises WriterError once the guest's call has finished.
     """
 
-    def __init__(self, guest: GuestBinary | Snapshot | str | os.PathLike | bytes,
+    def __init__(self, guest: GuestBinary | Snapshot | str | os.PathLike[str] | bytes,
                  config: SandboxConfiguration | None = None, *, writer: Writer = None) -> None:
         self.snapshot: Snapshot | None = None
         self.binary: GuestBinary | None = None
@@ -43,7 +43,7 @@ class UninitializedSandbox:
                 self.binary = GuestBinary.coerce(guest)
             except InvalidGuestBinary as e:
                 if is_snapshot_file(guest):
-                    what = "<bytes>" if isinstance(guest, (bytes, bytearray, memoryview)) else os.fspath(guest)
+                    what = "<bytes>" if isinstance(guest, (bytes, bytearray, memoryview)) else str(guest)
                     raise InvalidGuestBinary(
                         f"{what!s} is an hlsandbox snapshot file, not a guest ELF: start a sandbox from it with "
                         f"MultiUseSandbox.from_snapshot(path) (UninitializedSandbox takes snapshot files named "
@@ -100,6 +100,7 @@ class UninitializedSandbox:
             sb = MultiUseSandbox._restored(self.snapshot, self._config_arg, self.host_functions, self.writer,
                                            self._counter)
         else:
+            assert self.binary is not None  # __init__ set one of the two
             sb = MultiUseSandbox._create(self.binary, self.config, self.host_functions, self.writer,
                                          self._counter, self._layout)
         self._evolved = True

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 LOG = logging.getLogger("hlsandbox.watchdog")
 
@@ -32,8 +33,8 @@ class Watchdog:
         self._cond = threading.Condition()
         # Entries are [deadline, token, action]; tokens are unique, so actions are never
         # compared. A disarmed entry's action is None.
-        self._heap: list[list] = []
-        self._entries: dict[int, list] = {}
+        self._heap: list[list[Any]] = []
+        self._entries: dict[int, list[Any]] = {}
         self._dead = 0  # disarmed entries still in the heap
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None

@@ -183,7 +183,8 @@ def test_missing_return_hint(reg):
         reg.register("F", f)
 
 
-@pytest.mark.parametrize("ann, shown", [(list, "<class 'list'>"), (Optional[int], r"typing\.Optional\[int\]"),
+# The typing.Optional form is what is tested.
+@pytest.mark.parametrize("ann, shown", [(list, "<class 'list'>"), (Optional[int], r"typing\.Optional\[int\]"),  # noqa: UP045
                                         (dict[str, int], r"dict\[str, int\]"), (object, "<class 'object'>"),
                                         (typing.Any, r"typing\.Any")])
 def test_unsupported_param_annotation(reg, ann, shown):
@@ -214,7 +215,7 @@ def test_annotated_without_value_type_falls_back_to_base(reg):
 
 
 def test_unresolvable_string_hint(reg):
-    def f(a: "NoSuchType") -> None:  # noqa: F821
+    def f(a: NoSuchType) -> None:  # noqa: F821
         pass
 
     with pytest.raises(TypeError, match=r"^host function F: cannot read its signature \(.*NoSuchType.*\); pass "

@@ -210,7 +210,7 @@ def test_push_call_many_args(buf):
     buf.stack.push_call(b"All", tags, values)
     name, args, top = decode_call(buf)
     assert [t for t, _ in args] == list(tags)
-    assert [d for _, d in args] == [val(t, v)[1:] for t, v in zip(tags, values)]
+    assert [d for _, d in args] == [val(t, v)[1:] for t, v in zip(tags, values, strict=True)]
 
 
 def test_push_call_int_subclass_accepted(buf):
@@ -414,7 +414,8 @@ def test_pop_function_table(buf):
 
 
 def test_pop_function_table_with_a_fallback(buf):
-    buf.put((FUNCTION_TABLE, struct.pack("<H", 2) + name_("") + bytes([VOID, 0]) + name_("Echo") + bytes([STR, 1, STR])))
+    table = struct.pack("<H", 2) + name_("") + bytes([VOID, 0]) + name_("Echo") + bytes([STR, 1, STR])
+    buf.put((FUNCTION_TABLE, table))
     assert buf.stack.pop_function_table() == [("", (), VOID), ("Echo", (STR,), STR)]
 
 
@@ -700,7 +701,8 @@ def test_string_not_nul_terminated(buf, pop, payload, field):
 ])
 def test_invalid_utf8(buf, bad, reason):
     buf.put((PRINT, str_(bad)))
-    with pytest.raises(hl.GuestProtocolError, match=rf"^print record: text is not valid UTF-8 \({reason} at byte \d+\)$"):
+    with pytest.raises(hl.GuestProtocolError,
+                       match=rf"^print record: text is not valid UTF-8 \({reason} at byte \d+\)$"):
         buf.stack.pop_print()
     buf.put((RETURN, val(STR, bad)))
     with pytest.raises(hl.GuestProtocolError, match=r"^result record: string value is not valid UTF-8"):
@@ -722,7 +724,8 @@ def test_invalid_utf8(buf, bad, reason):
 def test_trailing_bytes(buf, pop, payload, extra):
     buf.put(({"result": RETURN, "error": ERROR, "call": CALL, "log": LOG, "print": PRINT,
               "function table": FUNCTION_TABLE}[pop], payload))
-    with pytest.raises(hl.GuestProtocolError, match=rf"^{WHAT[pop]} record: {extra} unexpected trailing bytes in record$"):
+    with pytest.raises(hl.GuestProtocolError,
+                       match=rf"^{WHAT[pop]} record: {extra} unexpected trailing bytes in record$"):
         POPS[pop](buf.stack)
 
 

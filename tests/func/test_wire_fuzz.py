@@ -260,7 +260,7 @@ def check_pop_error(stack: RecordStack) -> None:
 def check_pop_call(stack: RecordStack) -> None:
     name, args, tags = stack.pop_call()
     assert type(name) is str and len(args) == len(tags) <= 255
-    for t, v in zip(tags, args):
+    for t, v in zip(tags, args, strict=True):
         check_value(t, v)
 
 

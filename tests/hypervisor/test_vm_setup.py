@@ -61,7 +61,8 @@ def test_sandboxes_run_whichever_thread_registered_the_slots(setup_mode, snap):
 
 @pytest.mark.parametrize("slots, bad", [
     ([(0, MiB, False, 0), (MiB // 2, MiB // 2, False, 0)], 1),  # overlapping guest physical ranges
-    ([(0, MiB // 2, False, 0), (MiB, MiB // 2, True, MiB // 2), (1 << 60, MiB // 2, False, 0)], 2),  # beyond KVM's reach
+    # beyond KVM's reach
+    ([(0, MiB // 2, False, 0), (MiB, MiB // 2, True, MiB // 2), (1 << 60, MiB // 2, False, 0)], 2),
 ])
 def test_a_refused_slot_is_named_and_nothing_leaks(setup_mode, slots, bad):
     mem = SharedMemory(MiB)
@@ -184,10 +185,10 @@ def test_first_vm_of_a_process_from_a_snapshot_file(tmp_path, snap):
     snap.save(path)
     code = f"""
         import hlsandbox as hl
-        sb = hl.MultiUseSandbox.from_snapshot({str(path)!r},
-                                             host_functions={{"HostAdd": (lambda a, b: a + b, (hl.i32, hl.i32), hl.i32)}})
+        host = {{"HostAdd": (lambda a, b: a + b, (hl.i32, hl.i32), hl.i32)}}
+        sb = hl.MultiUseSandbox.from_snapshot({str(path)!r}, host_functions=host)
         print(sb.call("GetStatic"), sb.call("CallHostAdd", 5, 6), sb.call("GetMxcsr"))
-        s2 = hl.MultiUseSandbox.from_snapshot(sb.snapshot(), host_functions={{"HostAdd": (lambda a, b: a + b, (hl.i32, hl.i32), hl.i32)}})
+        s2 = hl.MultiUseSandbox.from_snapshot(sb.snapshot(), host_functions=host)
         print(s2.call("GetStatic"))
     """
     root = Path(__file__).resolve().parents[2]

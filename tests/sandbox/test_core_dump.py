@@ -44,7 +44,8 @@ class Core:
         desc = self.notes["NT_PRSTATUS"]["n_descdata"]
         assert len(desc) == 336  # struct elf_prstatus on x86-64
         self.signal = struct.unpack_from("<h", desc, 12)[0]
-        self.regs = dict(zip(USER_REGS, struct.unpack_from(f"<{len(USER_REGS)}Q", desc, PRSTATUS_REGS_OFFSET)))
+        values = struct.unpack_from(f"<{len(USER_REGS)}Q", desc, PRSTATUS_REGS_OFFSET)
+        self.regs = dict(zip(USER_REGS, values, strict=True))
 
     def read(self, addr: int, n: int) -> bytes:
         for s in self.loads:
@@ -63,7 +64,7 @@ def saved_frame(sb: hl.MultiUseSandbox) -> dict:
     """The fault frame the SDK's stub left on the CPL0 stack (docs/abi.md, Faults)."""
     top = sb.layout.rsp0
     names = ("cr2", "rax", "vector", "error", "rip", "cs", "rflags", "rsp", "ss")
-    return dict(zip(names, FRAME.unpack(guest_memory(sb, top - FRAME.size, FRAME.size))))
+    return dict(zip(names, FRAME.unpack(guest_memory(sb, top - FRAME.size, FRAME.size)), strict=True))
 
 
 def gdb(core: str, *commands: str) -> str:

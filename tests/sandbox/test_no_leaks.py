@@ -73,7 +73,7 @@ def test_two_thousand_sandboxes_closed():
 def test_context_manager():
     before = snapshot()
     n = 500
-    for i in range(n):
+    for _ in range(n):
         with simple() as sb:
             assert sb.call("Echo", "x", timeout=10) == "x"
     del sb
@@ -110,11 +110,12 @@ def test_poisoned_sandboxes():
 def test_close_that_kills_a_running_call():
     before = snapshot()
     n = 100
-    for i in range(n):
+    for _ in range(n):
         sb = simple()
         handle = sb.interrupt_handle()
         out = []
-        t = threading.Thread(target=lambda: out.append(pytest.raises(hl.ExecutionCanceled, sb.call, "Spin")))
+        t = threading.Thread(target=lambda out=out, sb=sb: out.append(
+            pytest.raises(hl.ExecutionCanceled, sb.call, "Spin")))
         t.start()
         while not handle.is_running() and t.is_alive():
             t.join(0.0005)
@@ -129,7 +130,7 @@ def test_failed_evolve():
     before = snapshot()
     n = 200
     cfg = hl.SandboxConfiguration(heap_size=4096)  # too small for the guest's function table
-    for i in range(n):
+    for _ in range(n):
         with pytest.raises(hl.GuestAborted, match="out of heap"):
             hl.UninitializedSandbox(HOSTILE, cfg).evolve()
     assert_nothing_left(before, n, "failed evolve()")

@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 import hlsandbox as hl
-from hlsandbox.sandbox.snapshot import HEADER, MAGIC
+from hlsandbox.sandbox.snapshot import HEADER
 
 from helpers import host_add, make_sandbox
 
@@ -46,7 +46,8 @@ def test_restore_brings_heap_contents_back(sandbox):
 def test_restore_after_every_kind_of_poison(sandbox):
     snap = sandbox.snapshot()
     for name, args, exc in [("DivideByZero", (0,), hl.GuestFault), ("Abort", (1, "x"), hl.GuestAborted),
-                            ("StackOverflow", (10**6,), hl.StackOverflow), ("WriteToCode", (), hl.MemoryAccessViolation)]:
+                            ("StackOverflow", (10**6,), hl.StackOverflow),
+                            ("WriteToCode", (), hl.MemoryAccessViolation)]:
         with pytest.raises(exc):
             sandbox.call(name, *args)
         assert sandbox.poisoned
@@ -320,7 +321,7 @@ def saved(tmp_path, sandbox):
 def rewrite_header(path, **fields):
     data = bytearray(path.read_bytes())
     names = ["magic", "version", "header_size", "memory_size", "memory_crc", "meta_crc", "meta_size", "state_size"]
-    values = dict(zip(names, HEADER.unpack_from(data, 0)))
+    values = dict(zip(names, HEADER.unpack_from(data, 0), strict=True))
     values.update(fields)
     HEADER.pack_into(data, 0, *[values[n] for n in names])
     path.write_bytes(bytes(data))
@@ -372,7 +373,8 @@ def rewrite_metadata(path, edit):
     (lambda m: m.update(arch="aarch64"), hl.SnapshotMismatch, "architecture 'aarch64'"),
     (lambda m: m.update(profile="sparc"), hl.SnapshotMismatch, "profile 'sparc'"),
     (lambda m: m.update(profile="i686"), hl.InvalidSnapshot, "profile 'i686' does not match the layout"),
-    (lambda m: m["layout"].update(heap_gpa=m["layout"]["heap_gpa"] + 4096), hl.InvalidSnapshot, "layout is inconsistent"),
+    (lambda m: m["layout"].update(heap_gpa=m["layout"]["heap_gpa"] + 4096), hl.InvalidSnapshot,
+     "layout is inconsistent"),
     (lambda m: m["layout"].pop("heap_size"), hl.InvalidSnapshot, "layout fields"),
     (lambda m: m.update(host_functions=[["HostAdd", [99], 1]]), hl.InvalidSnapshot, "host functions"),
     (lambda m: m.update(guest_functions="nope"), hl.InvalidSnapshot, "guest functions"),
@@ -431,8 +433,14 @@ def test_trailing_data(saved):
         hl.Snapshot.load(saved)
 
 
-def test_magic_constant():
-    assert MAGIC == b"HLSNAP\x00\x00"
+def test_a_saved_file_starts_with_its_magic(saved):
+    # The file's first 8 bytes name its format (tools tell a snapshot file by them); one
+    # byte off and load() refuses the file.
+    data = saved.read_bytes()
+    assert data[:8] == b"HLSNAP\x00\x00"
+    saved.write_bytes(data[:7] + b"\x01" + data[8:])
+    with pytest.raises(hl.InvalidSnapshot, match="bad magic"):
+        hl.Snapshot.load(saved)
 
 
 # -- vCPU state ------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_close_while_another_thread_restores_is_typed():
         errors: list = []
         stop = threading.Event()
 
-        def restorer() -> None:
+        def restorer(sb: hl.MultiUseSandbox = sb, stop: threading.Event = stop, errors: list = errors) -> None:
             while not stop.is_set():
                 try:
                     sb.call("SetStatic", 5)
