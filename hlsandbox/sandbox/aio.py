@@ -97,3 +97,18 @@ def run_guarded(guard: CallGuard, sandbox: Any, fn: Callable[[], Any]) -> Any:
         return fn()
     finally:
         guard.leave()
+
+
+async def call_in_executor(sandbox: Any, call: Callable[[], Any]) -> Any:
+    """MultiUseSandbox.acall(): `call` on the loop's default executor, cancellable; a
+    sandbox a cancelled call left poisoned is restored before the worker lets it go."""
+    guard = CallGuard()
+
+    def work() -> Any:
+        try:
+            return run_guarded(guard, sandbox, call)
+        finally:
+            if guard.cancelled and not sandbox._closed and sandbox.poisoned:
+                sandbox.restore()
+
+    return await await_cancellable(asyncio.get_running_loop().run_in_executor(None, work), guard)

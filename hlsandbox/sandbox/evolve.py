@@ -81,9 +81,7 @@ def initialise(sb: MultiUseSandbox, binary: GuestBinary) -> None:
         sb._input.clear()
         sb._output.clear()
         _run_init(sb, config.max_execution_time)
-        writer_error = sb._exits.take_writer_error()
-        if writer_error is not None:
-            raise writer_error
+        sb._exits.raise_writer_error()
         sb._set_functions(sb._output.pop_function_table())
         sb._init_snapshot = sb.snapshot()
         sb._plans = RestorePlans.of(sb._memory, L, sb._restore_ranges, sb._init_snapshot)

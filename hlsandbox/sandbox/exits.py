@@ -47,7 +47,7 @@ class ExitHandler:
 
     What a call leaves behind for its caller: the exception a host function raised
     (`last_host_exception`, the cause of the HostFunctionError the guest's error
-    becomes) and the writer's error (`take_writer_error()`)."""
+    becomes) and the writer's error (`raise_writer_error()`)."""
 
     def __init__(self, vm: kvm.VirtualMachine, memory: SharedMemory, layout: SandboxMemoryLayout,
                  input: RecordStack, output: RecordStack, host_functions: HostFunctionRegistry,
@@ -78,14 +78,11 @@ class ExitHandler:
         self.timed_out_generation = generation
         self._vm.kill(generation)
 
-    def take_writer_error(self) -> WriterError | None:
-        """The WriterError for an exception the writer raised during the call, if it did."""
+    def raise_writer_error(self) -> None:
+        """Raises WriterError if the writer raised during the call (and forgets it)."""
         e, self.writer_error = self.writer_error, None
-        if e is None:
-            return None
-        err = WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}")
-        err.__cause__ = e
-        return err
+        if e is not None:
+            raise WriterError(f"the writer of the guest's output raised {type(e).__name__}: {e}") from e
 
     def _stopped(self, rc: int, generation: int) -> HyperlightError:
         """The exception for an exit that ends the call abnormally."""

@@ -222,9 +222,8 @@ class MultiUseSandbox:
             exits.last_host_exception = None
             if restoring:
                 self.restore(self._init_snapshot)
-            writer_error = exits.take_writer_error()
-            if writer_error is not None:
-                raise writer_error
+            if exits.writer_error is not None:
+                exits.raise_writer_error()
 
     async def acall(self, name: str, *args: Any, timeout: float | None = None,
                     restore: bool | None = None) -> Any:
@@ -234,19 +233,8 @@ class MultiUseSandbox:
         runs; a sandbox that the kill poisoned is restored (to its state after
         initialisation) before the worker lets it go. A kill retried while this call waits
         for another thread's call on the same sandbox may stop that one."""
-        import asyncio
-
-        from .aio import CallGuard, await_cancellable, run_guarded
-        guard = CallGuard()
-
-        def work() -> Any:
-            try:
-                return run_guarded(guard, self, lambda: self.call(name, *args, timeout=timeout, restore=restore))
-            finally:
-                if guard.cancelled and not self._closed and self._path.poisoned:
-                    self.restore()
-
-        return await await_cancellable(asyncio.get_running_loop().run_in_executor(None, work), guard)
+        from .aio import call_in_executor
+        return await call_in_executor(self, lambda: self.call(name, *args, timeout=timeout, restore=restore))
 
     # -- hot mode ----------------------------------------------------------------------------
 
