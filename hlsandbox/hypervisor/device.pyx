@@ -8,7 +8,6 @@ import threading
 from posix.fcntl cimport open as c_open, O_RDWR, O_CLOEXEC
 from posix.unistd cimport close as c_close
 
-from .kvm cimport hl_install_cancel_handler
 from .linux_kvm cimport (
     KVM_CAP_IMMEDIATE_EXIT,
     KVM_CAP_USER_MEMORY,
@@ -26,6 +25,9 @@ cdef extern from "errno.h":
 
 cdef extern from "sys/ioctl.h" nogil:
     int ioctl(int fd, unsigned long request, ...)
+
+cdef extern from "cancel_signal.h" nogil:
+    int hl_install_cancel_handler(int sig)
 
 # The signal that interrupts KVM_RUN to cancel a call (a no-op handler, installed with /dev/kvm).
 CANCEL_SIGNAL = signal.SIGRTMIN + 2

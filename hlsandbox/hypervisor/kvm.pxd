@@ -48,7 +48,6 @@ cdef extern from "kvm_shim.h" nogil:
     int hl_gfn_dirty(kvm_dirty_gfn *e)
     void hl_gfn_collected(kvm_dirty_gfn *e)
     int hl_get_dirty_log(int vm_fd, uint32_t slot, uint64_t *bitmap)
-    int hl_install_cancel_handler(int sig)
 
 cdef extern from "vm_setup.h" nogil:
     struct hl_vm_setup:

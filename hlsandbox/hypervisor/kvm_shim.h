@@ -54,17 +54,6 @@ static inline int hl_set_supported_cpuid(int kvm_fd, int vcpu_fd) {
   return ioctl(vcpu_fd, KVM_SET_CPUID2, hl_supported_cpuid) < 0 ? -errno : 0;
 }
 
-/* The cancellation signal's handler does nothing: its only job is to make
- * KVM_RUN return -EINTR in the thread it is sent to. */
-static void hl_cancel_handler(int sig) { (void)sig; }
-static inline int hl_install_cancel_handler(int sig) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = hl_cancel_handler; /* no SA_RESTART: KVM_RUN must return EINTR */
-  sigemptyset(&sa.sa_mask);
-  return sigaction(sig, &sa, 0);
-}
-
 /* ---- vCPU state for snapshots ------------------------------------------- */
 
 /* MSRs a snapshot carries. A CPL3 guest cannot write MSRs; these are saved so a
