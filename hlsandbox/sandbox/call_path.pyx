@@ -47,7 +47,7 @@ cdef class CallPath:
 
     def call(self, bytes name, tuple tags, int ret_tag, tuple args, double wait=-2.0):
         """One guest call; the caller has checked the function exists and the sandbox
-        is not poisoned. `wait` as for begin()."""
+        is not poisoned. `wait` as for claim()."""
         cdef uint64_t generation = self.vm.claim(wait)
         try:
             if self.poisoned:  # by the call this one waited for
@@ -108,7 +108,7 @@ cdef class CallPath:
         return self.output.pop_result(ret_tag)
 
     cpdef run_until_halt(self, uint64_t generation):
-        """Runs until the guest halts; the vCPU must be claimed with begin(). Anything
+        """Runs until the guest halts; the vCPU must be claimed with claim(). Anything
         else that ends the run (a fault, an abort, a kill, an error serving an exit)
         leaves the guest mid-call: the sandbox is poisoned."""
         cdef int rc

@@ -66,7 +66,7 @@ def check_out(fn: GuestFunction, out: Any) -> None:
 
 
 def wait_seconds(wait: float | bool) -> float:
-    """call()'s `wait` as begin()'s seconds: True no limit (-1), False 0."""
+    """call()'s `wait` as claim()'s seconds: True no limit (-1), False 0."""
     if wait is True:
         return -1.0
     if wait is False:

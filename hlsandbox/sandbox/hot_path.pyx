@@ -234,7 +234,7 @@ cdef class HotPath:
         return generation
 
     cdef uint64_t _claim_for_call(self, double wait) except 0:
-        """begin() for a guest call, which a sandbox poisoned by the call it waited for refuses."""
+        """claim() for a guest call, which a sandbox poisoned by the call it waited for refuses."""
         cdef uint64_t generation = self.claim(wait)
         if self.cold.poisoned:
             self.vm.release()
