@@ -171,7 +171,7 @@ cdef class HotPath:
     cdef uint32_t cmds, consumed  # KVM_RUN commands sent, exits consumed
     cdef uint64_t posted  # the state word of the exit being served
     cdef uint64_t spin_ns, spin_ticks
-    cdef readonly uint64_t posts, wakes  # exits through the mailbox, KVM_RUNs (for tests and benchmarks)
+    cdef readonly uint64_t posts, wakes, rearms  # exits through the mailbox, KVM_RUNs, re-arms (tests, benchmarks)
 
     def __init__(self, VirtualMachine vm, RecordStack input, RecordStack output, serve, cold,
                  SharedMemory memory, uint64_t mailbox, double spin):
@@ -281,16 +281,53 @@ cdef class HotPath:
                 self._park_claimed()
             finally:
                 self.vm.release()
-            self.cold.restore(plan)
+            self._restore_parked(plan)
 
     def restore(self, plan):
-        """The fast restore `plan` (CallPath.restore), after parking the guest."""
+        """The fast restore `plan` (CallPath.restore), after parking the guest; the guest
+        then waits in the mailbox for the next call (see rearm())."""
         self.claim()
         try:
             self._park_claimed()
         finally:
             self.vm.release()
+        self._restore_parked(plan)
+
+    cdef int _restore_parked(self, plan) except -1:
         self.cold.restore(plan)
+        self.claim()
+        try:
+            self._rearm()
+        finally:
+            self.vm.release()
+        return 0
+
+    def rearm(self):
+        """Runs a parked guest into the mailbox to wait for the next call (the vCPU must be
+        claimed): that call then costs no KVM_RUN. A no-op unless the guest is parked at
+        its HALT and the sandbox is not poisoned."""
+        self._rearm()
+
+    cdef int _rearm(self) except -1:
+        # The guest resumes from its `out HALT` (after a restore: through the restore
+        # trampoline), finds `state` still POSTED | HALT and spins as if it had posted it
+        # (docs/abi.md, "Hot mode": re-arming); the next call answers it with a CAS.
+        if (not self.parked or self.cold.poisoned or self.vm.run_ptr == NULL
+                or hl_load32(&self.t.exit_seq) != self.cmds):
+            return 0
+        self.posted = POSTED | (<uint64_t>PORT_HALT << 8)
+        hl_store_release(&self.mb[MB_WAITING], 0)
+        hl_store_release(&self.mb[MB_SPIN], self.spin_ticks)
+        hl_store_release(&self.mb[MB_MODE], HOT_ON)
+        hl_store_release(&self.mb[MB_STATE], self.posted)
+        self.parked = False
+        if self.cold.pending is not None and self.vm.generation == self.cold.pending_generation + 1:
+            # Still the restored state for snapshot(): the guest only waits, below its stack
+            # pointer and in the mailbox, and parks where it waits.
+            self.cold.pending_generation = self.vm.generation
+        self._command_run()
+        self.rearms += 1
+        return 0
 
     cdef int _park_claimed(self) except -1:
         """Parks the guest, or stops it if the sandbox is poisoned (a guest mid-call)."""

@@ -141,6 +141,47 @@ def test_snapshot_and_restore_while_hot():
         assert sb.call("GetStatic") == 0
 
 
+@pytest.mark.parametrize("how", ["restore", "call_restore"])
+def test_a_restored_hot_sandbox_waits_in_the_mailbox(how):
+    """A hot restore re-arms the guest: its next call is answered through the mailbox,
+    with no KVM_RUN (docs/abi.md, "Hot mode": re-arming)."""
+    with make_sandbox() as sb, sb.hot(spin=1.0):
+        hot = sb._hot
+        for i in range(1, 21):
+            if how == "restore":
+                sb.call("SetStatic", i)
+                sb.restore()
+            else:
+                assert sb.call("SetStatic", i, restore=True) == i
+            wakes = hot.wakes
+            assert sb.call("GetStatic") == 0
+            assert hot.wakes == wakes, "the call after a restore woke the vCPU"
+        assert hot.rearms == 20
+        # A snapshot of a re-armed guest parks it where it waits; restoring it re-arms again.
+        sb.restore()
+        snap = sb.snapshot()
+        sb.call("SetStatic", 5)
+        sb.restore(snap)
+        wakes = hot.wakes
+        assert sb.call("GetStatic") == 0
+        assert hot.wakes == wakes
+
+
+def test_a_restored_hot_sandbox_parks_when_idle():
+    with make_sandbox() as sb, sb.hot(spin=0.01):
+        sb.call("SetStatic", 3)
+        sb.restore()
+        time.sleep(0.05)  # past the spin period: the re-armed guest parked with an exit
+        cpu = time.process_time()
+        time.sleep(0.3)
+        used = time.process_time() - cpu
+        assert used < 0.1, f"an idle re-armed sandbox used {used:.3f} s of CPU in 0.3 s"
+        wakes = sb._hot.wakes
+        assert sb.call("GetStatic") == 0
+        assert sb._hot.wakes == wakes + 1
+        sb.restore()  # leaving the blocks parks a re-armed guest and closes the sandbox
+
+
 @pytest.mark.parametrize("what, match", [(0, "state 0xdeadbeef00"), (1, "not an exit"), (2, "not an exit"),
                                          (3, "output buffer")])
 def test_a_guest_that_breaks_the_mailbox(what, match):

@@ -31,6 +31,8 @@ _Static_assert(__builtin_offsetof(hl_mailbox_t, host_waiting) == HL_HOT_WAITING,
 extern volatile hl_mailbox_t *hl_mailbox;
 void hl_hot_init(uint64_t mailbox);
 __attribute__((hot)) void hl_exit_slow(unsigned port);
+/* After an `out` that resumed: waits in the mailbox if the host re-armed it. */
+__attribute__((hot)) void hl_exit_rearmed(unsigned port);
 
 /* An exit that resumes (HALT, CALL_FUNCTION, LOG, PRINT): `out` when cold,
  * the mailbox when the host keeps the sandbox hot. */
@@ -38,7 +40,10 @@ __attribute__((hot)) void hl_exit_slow(unsigned port);
   do {                                                                                                \
     volatile hl_mailbox_t *mb_ = hl_mailbox;                                                            \
     if (mb_ != NULL && __atomic_load_n(&mb_->mode, __ATOMIC_RELAXED) == HL_HOT_ON) hl_exit_slow(port); \
-    else HL_OUT(port);                                                                                \
+    else {                                                                                            \
+      HL_OUT(port);                                                                                   \
+      if (mb_ != NULL) hl_exit_rearmed(port);                                                         \
+    }                                                                                                 \
   } while (0)
 
 _Static_assert(HL_PEB_PROFILE * 8 == 128, "PEB offsets of docs/abi.md");

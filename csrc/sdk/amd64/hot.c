@@ -33,27 +33,41 @@ void hl_hot_init(uint64_t mailbox) {
   hl_mailbox = (volatile hl_mailbox_t *)(uintptr_t)mailbox;
 }
 
+/* Spins until the host answers the exit posted in `state` (`posted`), or parks.
+ * A parked guest resumed with `state` still `posted` has been re-armed by the
+ * host (a restore left it waiting for the next call): it waits again. */
+HL_HOT static void wait_for_answer(volatile hl_mailbox_t *mb, unsigned port, uint64_t posted) {
+  for (;;) {
+    uint64_t limit = mb->spin_ticks;
+    uint64_t start = rdtsc();
+    bool park = __atomic_load_n(&mb->host_waiting, __ATOMIC_ACQUIRE) != 0;
+    for (uint32_t i = 0;; i++) {
+      if (__atomic_load_n(&mb->state, __ATOMIC_ACQUIRE) == HL_HOT_RESUMED) return;
+      if (park || __atomic_load_n(&mb->mode, __ATOMIC_RELAXED) != HL_HOT_ON ||
+          ((i & 63) == 0 && rdtsc() - start > limit))
+        break;
+      __builtin_ia32_pause();
+    }
+    uint64_t expect = posted;
+    uint64_t parked = HL_HOT_PARKED | ((uint64_t)port << 8);
+    if (!__atomic_compare_exchange_n(&mb->state, &expect, parked, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST) &&
+        expect == HL_HOT_RESUMED)
+      return; /* the host answered first */
+    /* Parked (or the state is not the host's doing: park anyway, the host decides). */
+    out_dx(port); /* the host resumes us with KVM_RUN once it has answered */
+    if (__atomic_load_n(&mb->state, __ATOMIC_ACQUIRE) != posted) return;
+  }
+}
+
 HL_HOT void hl_exit_slow(unsigned port) {
   volatile hl_mailbox_t *mb = hl_mailbox;
   uint64_t posted = HL_HOT_POSTED | ((uint64_t)port << 8);
   __atomic_exchange_n(&mb->state, posted, __ATOMIC_SEQ_CST); /* publishes the records; full fence */
-  uint64_t limit = mb->spin_ticks;
-  uint64_t start = rdtsc();
-  bool park = __atomic_load_n(&mb->host_waiting, __ATOMIC_ACQUIRE) != 0;
-  for (uint32_t i = 0;; i++) {
-    if (__atomic_load_n(&mb->state, __ATOMIC_ACQUIRE) == HL_HOT_RESUMED) return;
-    if (park || __atomic_load_n(&mb->mode, __ATOMIC_RELAXED) != HL_HOT_ON || ((i & 63) == 0 && rdtsc() - start > limit)) {
-      uint64_t expect = posted;
-      uint64_t parked = HL_HOT_PARKED | ((uint64_t)port << 8);
-      if (__atomic_compare_exchange_n(&mb->state, &expect, parked, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
-        out_dx(port); /* the host resumes us with KVM_RUN once it has answered */
-        return;
-      }
-      if (expect == HL_HOT_RESUMED) return; /* the host answered first */
-      /* Anything else is not the host's doing: park anyway, the host will decide. */
-      out_dx(port);
-      return;
-    }
-    __builtin_ia32_pause();
-  }
+  wait_for_answer(mb, port, posted);
+}
+
+HL_HOT void hl_exit_rearmed(unsigned port) {
+  volatile hl_mailbox_t *mb = hl_mailbox;
+  uint64_t posted = HL_HOT_POSTED | ((uint64_t)port << 8);
+  if (__atomic_load_n(&mb->state, __ATOMIC_ACQUIRE) == posted) wait_for_answer(mb, port, posted);
 }
