@@ -326,6 +326,7 @@ cdef class HotPath:
             # pointer and in the mailbox, and parks where it waits.
             self.cold.pending_generation = self.vm.generation
         self._command_run()
+        self.waking = False  # the next call comes later: the guest waits by then, or soon
         self.rearms += 1
         return 0
 

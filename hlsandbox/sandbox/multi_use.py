@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn
 
@@ -59,6 +60,7 @@ class MultiUseSandbox:
     layout: SandboxMemoryLayout
     functions: Mapping[str, Signature]  # the guest's functions by name
     _closed: bool
+    _close_lock: threading.RLock
     # Set by evolve.attach(); None only while the sandbox is built (close() copes with that).
     _vm: kvm.VirtualMachine
     _memory: SharedMemory
@@ -90,6 +92,7 @@ class MultiUseSandbox:
         """An empty sandbox; sandbox/evolve.py gives it memory, a VM and a guest."""
         self = object.__new__(cls)
         self._closed = True  # until fully built, so close() and __del__ are safe
+        self._close_lock = threading.RLock()  # one close() at a time (a pool's and its restorer's)
         self._vm = self._memory = None  # type: ignore[assignment]
         self._path = self._cold_path = self._hot = None
         self._config = config
@@ -383,6 +386,10 @@ class MultiUseSandbox:
         from inside one of its own calls (a host function), which leaves it open."""
         if self._vm is not None:
             self._vm.check_closable()
+        with self._close_lock:
+            self._close()
+
+    def _close(self) -> None:
         stop_hot(self)
         if self._vm is not None:
             self._vm.close()

@@ -26,7 +26,9 @@ from ..errors import PoolExhausted, SandboxClosed
 from ..mem.elf import GuestBinary
 from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded
 from .config import SandboxConfiguration
+from .hot_mode import DEFAULT_SPIN, check_hot_capable, start_hot
 from .multi_use import MultiUseSandbox
+from .restorer import Restorer
 from .snapshot import Snapshot, is_snapshot_file
 from .uninitialized import UninitializedSandbox
 from .workers import Workers
@@ -62,6 +64,7 @@ class PoolStats:
     calls: int  # call(), submit(), acall() and map() items that ran
     errors: Mapping[str, int]  # exceptions of calls and of `with pool.sandbox()` blocks, by class name
     restores: int  # sandboxes restored when given back
+    hot: int  # sandboxes kept hot now (SandboxPool(hot=))
     replacements: int  # sandboxes closed and created anew because their restore failed
     exhausted: int  # waits for a sandbox that ran out (PoolExhausted)
     wait_seconds: Mapping[str, float] = field(default_factory=dict)  # p50, p90, p99, max of recent waits
@@ -91,20 +94,38 @@ class SandboxPool:
     out or killed, and one the borrower changed, is back in the snapshot's state (or
     replaced by a new one from the snapshot when its restore fails) before anyone else
     gets it. close() (or the end of a `with SandboxPool(...)` block) closes every
-    sandbox, stopping calls still running, and the worker threads of submit()/acall()."""
+    sandbox, stopping calls still running, and the worker threads of submit()/acall().
+
+    `hot` of the sandboxes are kept hot (MultiUseSandbox.hot(spin=`spin`)): calls to
+    them take no VM exit, and their restores run on a thread of the pool's, after the
+    borrower is done, leaving the guest waiting in its mailbox for the next borrower.
+    Lending prefers them. Each costs a core spinning while calls come (and the restore's
+    exit per call, off the borrower's path): see docs/architecture.md, "Hot mode"."""
 
     def __init__(self, source: Source, *, size: int, config: SandboxConfiguration | None = None,
-                 host_functions: Mapping[str, Any] | None = None, writer: Any = None) -> None:
+                 host_functions: Mapping[str, Any] | None = None, writer: Any = None, hot: int = 0,
+                 spin: float = DEFAULT_SPIN) -> None:
         _check_size(size)
         if config is not None and not isinstance(config, SandboxConfiguration):
             raise TypeError(f"config must be a SandboxConfiguration, not {type(config).__name__}")
+        if isinstance(hot, bool) or not isinstance(hot, int) or not 0 <= hot <= size:
+            raise ValueError(f"hot must be an int from 0 to size ({size}), got {hot!r}")
+        if isinstance(spin, bool) or not isinstance(spin, (int, float)) or not 0 < spin <= 60:
+            raise ValueError(f"spin must be seconds in (0, 60], got {spin!r}")
         functions = dict(host_functions or {})
         snap, owned = _snapshot_of(source, config, functions, writer)
+        if hot:
+            why = check_hot_capable(snap.layout.profile)
+            if why is not None:
+                if owned:
+                    snap.close()
+                raise why
 
         def create() -> MultiUseSandbox:
             return MultiUseSandbox.from_snapshot(snap, config, host_functions=functions, writer=writer)
 
         max_wait = config.max_wait_time if config is not None else None
+        self._hot_target, self._spin = hot, float(spin)
         try:
             self._setup(create, size, max_wait, restoring_calls=True)
         except BaseException:
@@ -127,6 +148,7 @@ class SandboxPool:
         self = object.__new__(cls)
         self.snapshot = None
         self._owned_snapshot = None
+        self._hot_target, self._spin = 0, DEFAULT_SPIN
         self._setup(factory, size, max_wait, restoring_calls=False)
         return self
 
@@ -148,14 +170,16 @@ class SandboxPool:
         self._missing = 0  # sandboxes to create when next needed (a replacement failed)
         self._closed = False
         self._workers = Workers(size)  # threads start with the first submit(), map() or acall()
+        self._restorer = Restorer(self._restore_and_return) if self._hot_target else None
+        self._heating = 0  # hot sandboxes being created
         self._lends = self._calls = self._restores = self._replacements = self._exhausted = 0
         self._errors: collections.Counter[str] = collections.Counter()
         self._waits: collections.deque[float] = collections.deque(maxlen=WAIT_SAMPLES)
         try:
             for _ in range(size):
-                sb = factory()
+                sb = self._create()
                 self._all[id(sb)] = sb
-                self._free.append(sb)
+                self._free.insert(0, sb)  # the first ones (the hot ones) last: lent first
         except BaseException:
             for sb in self._free:
                 _close_quietly(sb)
@@ -190,9 +214,11 @@ class SandboxPool:
         sb = self._acquire(wait)
         restored = False
         try:
-            if self._restoring_calls:
+            if self._restoring_calls and not sb.is_hot:
                 result = sb.call(name, *args, timeout=timeout, restore=True)
                 restored = True  # call(restore=True) raises if its restore failed
+            elif self._restoring_calls:  # hot: restored on the restorer's thread
+                result = sb.call(name, *args, timeout=timeout, restore=False)
             else:
                 result = sb.call(name, *args, timeout=timeout)
             return result
@@ -200,7 +226,7 @@ class SandboxPool:
             self._count_error(e)
             raise
         finally:
-            self._release(sb, restored, called=True)
+            self._give_back(sb, restored, called=True)
 
     def submit(self, name: str, *args: Any, timeout: float | None = None) -> concurrent.futures.Future[Any]:
         """call() on one of the pool's worker threads (one per sandbox): a
@@ -240,9 +266,11 @@ class SandboxPool:
         sb = self._acquire(None)
         restored = False
         try:
-            if self._restoring_calls:
+            if self._restoring_calls and not sb.is_hot:
                 result = run_guarded(guard, sb, lambda: sb.call(name, *args, timeout=timeout, restore=True))
                 restored = True
+            elif self._restoring_calls:
+                result = run_guarded(guard, sb, lambda: sb.call(name, *args, timeout=timeout, restore=False))
             else:
                 result = run_guarded(guard, sb, lambda: sb.call(name, *args, timeout=timeout))
             return result
@@ -252,7 +280,7 @@ class SandboxPool:
             self._count_error(e)
             raise
         finally:
-            self._release(sb, restored, called=not guard.cancelled)
+            self._give_back(sb, restored, called=not guard.cancelled)
 
     def _acquire(self, wait: float | None) -> Any:
         if wait is None:
@@ -262,7 +290,7 @@ class SandboxPool:
         create = False
         with self._cond:
             if self._free and not self._closed:  # the common case, kept short
-                sb = self._free.pop()  # the most recently used: its pages are warm
+                sb = self._take_free()
                 self._lends += 1
                 self._lent.add(id(sb))
                 self._waits.append(0.0)
@@ -272,7 +300,7 @@ class SandboxPool:
                 if self._closed:
                     raise SandboxClosed("the pool is closed")
                 if self._free:
-                    sb = self._free.pop()  # the most recently used: its pages are warm
+                    sb = self._take_free()
                     break
                 if self._missing:
                     self._missing -= 1
@@ -293,7 +321,7 @@ class SandboxPool:
             self._waits.append(time.monotonic() - start)
         if create:
             try:
-                sb = self._factory()
+                sb = self._create()
             except BaseException:
                 with self._cond:
                     self._missing += 1
@@ -307,6 +335,51 @@ class SandboxPool:
                     _close_quietly(sb)
                     raise SandboxClosed("the pool is closed")
         return sb
+
+    def _give_back(self, sb: Any, restored: bool, called: bool) -> None:
+        """Takes a sandbox back from its borrower: a hot one to the restorer's thread,
+        any other restored (or replaced) here."""
+        if not restored and self._restorer is not None and not self._closed and sb.is_hot:
+            if called:
+                with self._cond:
+                    self._calls += 1
+            self._restorer.put(sb)
+            return
+        self._release(sb, restored, called)
+
+    def _restore_and_return(self, sb: Any) -> None:
+        self._release(sb, False, called=False)
+
+    def _take_free(self) -> Any:
+        """A free sandbox (the lock held): a hot one if any, else the most recently used
+        (its pages are warm)."""
+        free = self._free
+        if 0 < self._hot_target < self._size and not free[-1].is_hot:
+            for i in range(len(free) - 2, -1, -1):
+                if free[i].is_hot:
+                    return free.pop(i)
+        return free.pop()
+
+    def _create(self) -> Any:
+        """A new sandbox from the factory, made hot while fewer than `hot` are."""
+        heat = False
+        if self._hot_target:
+            with self._cond:
+                heat = sum(1 for sb in self._all.values() if sb.is_hot) + self._heating < self._hot_target
+                self._heating += heat
+        try:
+            sb = self._factory()
+            if heat:
+                try:
+                    start_hot(sb, self._spin)
+                except BaseException:
+                    _close_quietly(sb)
+                    raise
+            return sb
+        finally:
+            if heat:
+                with self._cond:
+                    self._heating -= 1
 
     def _release(self, sb: Any, restored: bool, called: bool) -> None:
         """Takes a sandbox back: restored (unless `restored` says it is already), or
@@ -329,7 +402,7 @@ class SandboxPool:
         fresh = None
         if replaced and not self._closed:
             try:
-                fresh = self._factory()
+                fresh = self._create()
             except Exception as e:  # the next _acquire() that finds no free sandbox tries again
                 LOG.warning("creating a replacement sandbox failed (%s: %s)", type(e).__name__, str(e))
         with self._cond:
@@ -375,6 +448,7 @@ class SandboxPool:
             waits = sorted(self._waits)
             stats = PoolStats(size=self._size, free=len(self._free), lent=len(self._lent), lends=self._lends,
                               calls=self._calls, errors=dict(self._errors), restores=self._restores,
+                              hot=sum(1 for sb in self._all.values() if sb.is_hot) if self._hot_target else 0,
                               replacements=self._replacements, exhausted=self._exhausted)
         return dataclasses.replace(stats, wait_seconds=_percentiles(waits))
 
@@ -399,6 +473,8 @@ class SandboxPool:
         # Queued submit()s are cancelled, queued acall()s raise SandboxClosed; from a
         # worker thread itself, the others are not waited for (its own join would deadlock).
         self._workers.close()
+        if self._restorer is not None:
+            self._restorer.close()
         if self._owned_snapshot is not None:
             self._owned_snapshot.close()
             self._owned_snapshot = None
@@ -435,7 +511,7 @@ class _Lease:
         sb, self._sb = self._sb, None
         if exc is not None:
             self._pool._count_error(exc)
-        self._pool._release(sb, False, called=False)
+        self._pool._give_back(sb, False, called=False)
 
 
 def _check_size(size: Any) -> None:

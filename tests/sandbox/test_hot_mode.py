@@ -362,3 +362,24 @@ def test_a_guest_built_with_the_sdk_and_its_libc_runs_hot(tmp_path):
         sb.call("Print", "hot\n")
         assert sb._hot.posts > 2 and sb._hot.wakes == 1
     assert "hot" in "".join(printed)
+
+
+def test_two_threads_close_a_hot_sandbox_at_once():
+    for _ in range(20):
+        sb = make_sandbox()
+        before = _threads()
+        sb.hot(spin=0.5).__enter__()
+        sb.call("Echo", "x")
+        vcpu = _vcpu_thread(before)
+        go = threading.Barrier(2)
+
+        def close() -> None:
+            go.wait()
+            sb.close()
+        threads = [threading.Thread(target=close) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+        assert not _threads() & vcpu
