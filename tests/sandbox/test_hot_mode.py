@@ -373,10 +373,10 @@ def test_two_threads_close_a_hot_sandbox_at_once():
         vcpu = _vcpu_thread(before)
         go = threading.Barrier(2)
 
-        def close() -> None:
+        def close(sb: hl.MultiUseSandbox, go: threading.Barrier) -> None:
             go.wait()
             sb.close()
-        threads = [threading.Thread(target=close) for _ in range(2)]
+        threads = [threading.Thread(target=close, args=(sb, go)) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
