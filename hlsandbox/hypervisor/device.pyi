@@ -5,6 +5,8 @@ CANCEL_SIGNAL: int
 
 def is_kvm_pvm() -> bool:
     """True on kvm-pvm, the paravirtual KVM that emulates guest CPL0 code."""
+def host_cpu_flags() -> frozenset[str]:
+    """The flags of the first CPU in /proc/cpuinfo (empty if it cannot be read)."""
 def cpuid_needed(cpl3_guest: bool) -> bool:
     """Whether a vCPU needs KVM_SET_CPUID2."""
 def check_kvm() -> None:

@@ -55,16 +55,30 @@ def is_kvm_pvm() -> bool:
 _cpl3_cpuid_is_the_hosts = None
 
 
+def host_cpu_flags() -> frozenset[str]:
+    """The flags of the first CPU in /proc/cpuinfo (empty if it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpuid_needed(cpl3_guest: bool) -> bool:
     """Whether a vCPU needs KVM_SET_CPUID2 (60-90 us on kvm-pvm, on the critical path of
-    creating a sandbox). On kvm-pvm a CPL3 guest's `cpuid` returns the host's CPUID, not
-    the vCPU's table (platform.md), so the table only sets the guest's physical address
-    width, which hlsandbox's layouts keep below 36 bits, the width of an empty table. CPL0
-    guests (the i686 profile) read the table; on hardware KVM every guest does.
-    HLSANDBOX_SET_CPUID=1 sets it always."""
+    creating a sandbox). On kvm-pvm a CPL3 guest's `cpuid` reaches the hypervisor only
+    through CPUID faulting: on a host CPU without it (no `cpuid_fault` flag), the guest's
+    `cpuid` returns the host's CPUID, not the vCPU's table, so the table only sets the
+    guest's physical address width, which hlsandbox's layouts keep below 36 bits, the
+    width of an empty table. With CPUID faulting kvm-pvm answers from the table (an AMD
+    EPYC host measured so), so the table is needed. CPL0 guests (the i686 profile) read
+    the table; on hardware KVM every guest does. HLSANDBOX_SET_CPUID=1 sets it always."""
     global _cpl3_cpuid_is_the_hosts
     if _cpl3_cpuid_is_the_hosts is None:
-        _cpl3_cpuid_is_the_hosts = is_kvm_pvm()
+        _cpl3_cpuid_is_the_hosts = is_kvm_pvm() and "cpuid_fault" not in host_cpu_flags()
     return not (cpl3_guest and _cpl3_cpuid_is_the_hosts) or os.environ.get("HLSANDBOX_SET_CPUID") == "1"
 
 
