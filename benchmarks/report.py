@@ -11,6 +11,9 @@ work where one exists, see floor/):
 - host calls: `call("CallHostAdd", 1, 2)` (guest -> Python -> guest) cold and hot;
 - restores: `call("SetStatic", 1, restore=True)` (a call, then back to the init snapshot);
 - creation: `MultiUseSandbox.from_snapshot(snap)` (a new VM from a snapshot);
+- pooled calls: `pool.call("Echo", "hi")` on a SandboxPool of one, calls 200 µs apart
+  (the caller sleeps between them, as a server between requests), cold and hot
+  (`SandboxPool(hot=1)`: the restore runs on the pool's thread after the call);
 - peers, where installed: a trivial exported function called through wasmtime-py, a Lua
   function through lupa, and a subprocess per call (`/bin/echo hi`);
 - the CPU an idle hot sandbox uses after its spin period (its vCPU thread and the process).
@@ -171,6 +174,20 @@ def main() -> int:
             s2.close()
         return statistics.median(times)
 
+    gap = 0.0002
+    pools = {kind: hl.SandboxPool(snap, size=1, host_functions=host_functions, hot=int(kind == "hot"),
+                                  spin=args.spin) for kind in ("cold", "hot")}
+
+    def pooled(kind: str) -> float:
+        pool = pools[kind]
+        times = []
+        for _ in range(max(n // 4, 200)):
+            t = time.perf_counter_ns()
+            pool.call("Echo", "hi")
+            times.append((time.perf_counter_ns() - t) / 1000)
+            time.sleep(gap)
+        return statistics.median(times)
+
     def floors() -> dict[str, float]:
         if floor_exe is None:
             return {}
@@ -191,6 +208,8 @@ def main() -> int:
         "host call hot": lambda: hot_batch(add, 3),
         "call + restore": lambda: median_of_batch(lambda: sb.call("SetStatic", 1, restore=True), max(n // 4, 50), 1),
         "creation from snapshot": creation,
+        "pool call 200 µs apart, cold": lambda: pooled("cold"),
+        "pool call 200 µs apart, hot": lambda: pooled("hot"),
         "floors": floors,
     }
     for name, fn in peers.items():
@@ -212,6 +231,8 @@ def main() -> int:
                 got[name] = v
         rounds.append(got)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:.2f}" for k, v in got.items()), file=sys.stderr)
+    for pool in pools.values():
+        pool.close()
     thread_cpu, process_cpu = idle_hot_cpu(sb)
     sb.close()
     snap.close()
@@ -232,6 +253,8 @@ def main() -> int:
         ("host call cold", "floor host call round trip"),
         ("call + restore", "floor call + restore"),
         ("creation from snapshot", "floor VM creation"),
+        ("pool call 200 µs apart, hot", None),
+        ("pool call 200 µs apart, cold", "floor call + restore"),
     ] + [(p, None) for p in peers]
     ratios = [
         ("cold / hot, Echo on one sandbox", ratio("call Echo cold", "call Echo hot")),
@@ -241,6 +264,7 @@ def main() -> int:
         ("host call / its floor", ratio("host call cold", "floor host call round trip")),
         ("call + restore / its floor", ratio("call + restore", "floor call + restore")),
         ("creation / its floor", ratio("creation from snapshot", "floor VM creation")),
+        ("cold / hot pooled call, 200 µs apart", ratio("pool call 200 µs apart, cold", "pool call 200 µs apart, hot")),
     ]
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -276,10 +300,10 @@ def chart(rows, med, stamp, path: Path) -> None:
         return
     labels, values, colors = [], [], []
     for fig, fl in rows:
-        peer = fl is None and not fig.startswith(("call", "host"))
+        peer = fl is None and not fig.startswith(("call", "host", "pool"))
         labels.append(fig)
         values.append(med(fig))
-        colors.append("#888888" if peer else "#d62728" if fig.endswith(" hot") else "#1f77b4")
+        colors.append("#888888" if peer else "#d62728" if fig.endswith((" hot", ", hot")) else "#1f77b4")
         if fl is not None and med(fl) is not None:
             labels.append(f"  {fl}")
             values.append(med(fl))
