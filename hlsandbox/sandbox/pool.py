@@ -18,6 +18,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union
@@ -171,6 +172,8 @@ class SandboxPool:
         self._closed = False
         self._workers = Workers(size)  # threads start with the first submit(), map() or acall()
         self._restorer = Restorer(self._restore_and_return) if self._hot_target else None
+        if self._restorer is not None:  # a pool dropped unclosed ends its restorer thread
+            weakref.finalize(self, self._restorer.close)
         self._heating = 0  # hot sandboxes being created
         self._lends = self._calls = self._restores = self._replacements = self._exhausted = 0
         self._errors: collections.Counter[str] = collections.Counter()

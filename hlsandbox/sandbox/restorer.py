@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,10 +22,12 @@ _STOP = object()
 
 class Restorer:
     """One thread, started on first use, calling `restore_and_return(sb)` for every
-    sandbox put, in the order put."""
+    sandbox put, in the order put. `restore_and_return` is a method of the pool, held
+    weakly (the thread must not keep a dropped pool alive); the owner closes the
+    Restorer when it goes (SandboxPool: close() and a weakref.finalize)."""
 
     def __init__(self, restore_and_return: Callable[[Any], None]) -> None:
-        self._restore_and_return = restore_and_return
+        self._restore_and_return = weakref.WeakMethod(restore_and_return)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -39,7 +42,12 @@ class Restorer:
                     self._thread.start()
                 self._queue.put(sb)  # under the lock: before close()'s stop, so it is restored
                 return
-        self._restore_and_return(sb)
+        self._restore(sb)
+
+    def _restore(self, sb: Any) -> None:
+        fn = self._restore_and_return()
+        if fn is not None:  # else the pool is gone: the sandbox closes itself when dropped
+            fn(sb)
 
     def _run(self) -> None:
         while True:
@@ -47,9 +55,10 @@ class Restorer:
             if sb is _STOP:
                 return
             try:
-                self._restore_and_return(sb)
+                self._restore(sb)
             except BaseException as e:  # the pool counts and logs its own failures; this is a bug
                 LOG.error("restoring a pooled sandbox raised %s: %s", type(e).__name__, str(e))
+            del sb
 
     def close(self) -> None:
         """Restores what is queued, then ends the thread (not waited for from itself)."""

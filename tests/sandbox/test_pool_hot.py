@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 from test_pool import HOST_ADD, SIMPLE, fd_thread_map_counts
@@ -146,6 +148,21 @@ def test_nothing_leaks():
     assert after["threads"] == before["threads"]
     assert after["tasks"] == before["tasks"]
     assert after["maps"] <= before["maps"] + 16
+
+
+def test_a_dropped_hot_pool_ends_its_threads():
+    before = set(threading.enumerate())
+    pool = hl.SandboxPool(SIMPLE, size=2, hot=2, spin=0.5)
+    pool.call("Add", 1, 1)
+    settle(pool)
+    assert [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    tasks = fd_thread_map_counts()["tasks"]
+    ref = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert ref() is None, "the restorer thread keeps a dropped pool alive"
+    assert set(threading.enumerate()) <= before
+    assert fd_thread_map_counts()["tasks"] <= tasks - 3  # the restorer and both vCPU threads
 
 
 @pytest.mark.parametrize("hot, spin", [(-1, 0.001), (3, 0.001), (True, 0.001), (1.0, 0.001), (1, 0), (1, 61)])
