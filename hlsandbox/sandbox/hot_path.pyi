@@ -10,6 +10,7 @@ from hlsandbox.mem.shared_memory import SharedMemory
 from hlsandbox.sandbox.call_path import CallPath
 
 PARK_TIMEOUT: float
+RESTORE_PARK_TIMEOUT: float
 
 @disjoint_base
 class HotPath:

@@ -94,6 +94,10 @@ cdef int EXIT_FAIL_ENTRY = _kvm.EXIT_FAIL_ENTRY
 cdef int EXIT_OTHER = _kvm.EXIT_OTHER
 
 PARK_TIMEOUT = 1.0  # seconds a guest gets to park when asked before it is stopped by a signal
+# Before a restore: the restore resets the guest whatever it did, so one that does not park
+# at once is simply stopped (a pool's restorer must not wait a second per hostile guest).
+RESTORE_PARK_TIMEOUT = 0.02
+cdef double _park_timeout = PARK_TIMEOUT, _restore_park_timeout = RESTORE_PARK_TIMEOUT
 
 
 cdef struct vcpu_thread:
@@ -331,11 +335,12 @@ cdef class HotPath:
         return 0
 
     cdef int _park_claimed(self) except -1:
-        """Parks the guest, or stops it if the sandbox is poisoned (a guest mid-call)."""
+        """Before a restore: parks the guest, or stops it if the sandbox is poisoned (a
+        guest mid-call) or it does not park within RESTORE_PARK_TIMEOUT."""
         if self.cold.poisoned:
             self._stop()
         else:
-            self._park()
+            self._park_within(_restore_park_timeout)
         return 0
 
     def park(self):
@@ -564,28 +569,35 @@ cdef class HotPath:
             hl_store_release(&self.mb[MB_MODE], MODE_COLD)
 
     cdef int _park(self) except -1:
-        """Asks a spinning guest to park (mode cold); waits for its `out`."""
+        """Asks a spinning guest to park (mode cold); waits for its `out`. A guest that
+        does not within PARK_TIMEOUT is stopped, the sandbox poisoned (GuestProtocolError)."""
+        if not self._park_within(_park_timeout):
+            raise GuestProtocolError("hot mode: the guest did not leave the mailbox when asked")
+        return 0
+
+    cdef int _park_within(self, double timeout) except -1:
+        """_park() waiting `timeout` seconds; 0 if the guest had to be stopped (poisoned)."""
         cdef int rc
         if self.parked and hl_load32(&self.t.exit_seq) == self.cmds:
             hl_store_release(&self.mb[MB_MODE], MODE_COLD)
-            return 0
+            return 1
         hl_store_release(&self.mb[MB_MODE], MODE_COLD)
-        if not self._await_exit(PARK_TIMEOUT):
+        if not self._await_exit(timeout):
             self.cold.poisoned = True
             self._stop()
-            raise GuestProtocolError("hot mode: the guest did not leave the mailbox when asked")
+            return 0
         while hl_load32(&self.t.exit_seq) != self.consumed:
             rc = self._take_exit()
             if rc == CONTINUE:  # a spurious wake-up: ask again
-                if not self._await_exit(PARK_TIMEOUT):
+                if not self._await_exit(timeout):
                     self.cold.poisoned = True
                     self._stop()
-                    raise GuestProtocolError("hot mode: the guest did not leave the mailbox when asked")
+                    return 0
                 continue
             if rc != PORT_HALT or hl_load_acquire(&self.mb[MB_STATE]) != PARKED + (<uint64_t>PORT_HALT << 8):
                 self.cold.poisoned = True  # it was not waiting for a call: the state is not a clean one
         self._drain()
-        return 0
+        return 1
 
     # -- lifetime ------------------------------------------------------------------------------
 

@@ -195,6 +195,21 @@ def test_a_guest_that_breaks_the_mailbox(what, match):
         assert sb.call("Echo", "restored") == "restored"
 
 
+def test_a_guest_that_answers_and_keeps_running_is_stopped_by_the_restore():
+    """HaltThenRun posts its answer by hand and never waits in the mailbox again: the call
+    returns its error, and the restore stops the guest (it does not park) and resets it."""
+    u = hl.UninitializedSandbox(HOSTILE)
+    u.register("HostAdd", lambda a, b: a + b, params=(hl.i32, hl.i32), returns=hl.i32)
+    with u.evolve() as sb, sb.hot(spin=0.5):
+        for _ in range(3):
+            with pytest.raises(hl.GuestError, match="answered by hand, still running"):
+                sb.call("HaltThenRun", timeout=10)  # the timeout only guards the test
+            assert not sb.poisoned  # the call itself ended cleanly
+            sb.restore()
+            assert not sb.poisoned
+            assert sb.call("Echo", "reset") == "reset"
+
+
 def _stress(sb: hl.MultiUseSandbox, n: int, seed: int) -> None:
     rng = random.Random(seed)
     limit = sb.config.input_data_size - 256

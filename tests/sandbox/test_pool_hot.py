@@ -82,6 +82,20 @@ def test_failed_calls_leave_clean_hot_sandboxes():
                 assert sb.call("GetStatic") == 0
 
 
+def test_a_guest_that_keeps_the_vcpu_after_answering_does_not_stall_the_restorer():
+    hostile = hl.guests.path("hostileguest")
+    with hl.SandboxPool(hostile, size=2, host_functions=HOST_ADD, hot=2, spin=0.5) as pool:
+        for _ in range(5):
+            with pytest.raises(hl.GuestError, match="answered by hand"):
+                pool.call("HaltThenRun", timeout=10)
+            # The restore stops the guest when it does not park within RESTORE_PARK_TIMEOUT
+            # (20 ms), not PARK_TIMEOUT (1 s); 0.5 s leaves room for a loaded machine.
+            settle(pool, timeout=0.5)
+            assert pool.call("Echo", "clean") == "clean"
+        s = settle(pool)
+        assert s.replacements == 0 and s.hot == 2
+
+
 def test_a_replaced_hot_sandbox_is_replaced_by_a_hot_one():
     with hl.SandboxPool(SIMPLE, size=2, hot=1, spin=0.5) as pool:
         settle(pool)

@@ -594,6 +594,17 @@ static hl_value hot_mailbox(const hl_value *args) {
   for (;;) __builtin_ia32_pause();
 }
 
+/* Answers its call by hand (an ERROR record, then HALT posted in the mailbox) and keeps
+ * the vCPU: it never waits in the mailbox, so asking it to park goes unheard. */
+static hl_value halt_then_run(const hl_value *args) {
+  (void)args;
+  if (hl_mailbox == NULL || hl_mailbox->mode != HL_HOT_ON) return hl_i32(-1);
+  static const char msg[] = "answered by hand, still running";
+  hl_push_error(HL_ERR_GENERIC, msg, sizeof msg - 1);
+  __atomic_exchange_n(&hl_mailbox->state, HL_HOT_POSTED | ((uint64_t)HL_PORT_HALT << 8), __ATOMIC_SEQ_CST);
+  for (;;) __builtin_ia32_pause();
+}
+
 /* ---- registration ---- */
 
 static const hl_type P_U32[] = {HL_U32};
@@ -636,4 +647,5 @@ void hyperlight_main(void) {
   hl_register("Spin", spin, HL_VOID, 0, NULL);
   hl_register("Echo", echo, HL_STR, 1, P_STR);
   hl_register("HotMailbox", hot_mailbox, HL_I32, 1, P_U32);
+  hl_register("HaltThenRun", halt_then_run, HL_I32, 0, NULL);
 }
