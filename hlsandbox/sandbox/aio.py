@@ -76,9 +76,14 @@ async def await_cancellable(awaitable: Awaitable[Any], guard: CallGuard) -> Any:
     try:
         return await awaitable
     except asyncio.CancelledError:
-        if guard.cancel():
-            _retry_kill(guard, RETRY_FIRST)
+        cancelled(guard)
         raise
+
+
+def cancelled(guard: CallGuard) -> None:
+    """The awaiting task of `guard`'s call was cancelled: drop or kill the call."""
+    if guard.cancel():
+        _retry_kill(guard, RETRY_FIRST)
 
 
 def _retry_kill(guard: CallGuard, delay: float) -> None:

@@ -10,6 +10,7 @@ Other sandbox-like objects (a sandbox of another guest runtime) are pooled with
 SandboxPool.from_factory(): see `Poolable` for what they must provide."""
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import dataclasses
@@ -25,7 +26,7 @@ from typing import Any, Protocol, Union
 
 from ..errors import PoolExhausted, SandboxClosed
 from ..mem.elf import GuestBinary
-from .aio import CallGuard, CancelledCall, await_cancellable, run_guarded
+from .aio import CallGuard, CancelledCall, cancelled, run_guarded
 from .config import SandboxConfiguration
 from .hot_mode import DEFAULT_SPIN, check_hot_capable, start_hot
 from .multi_use import MultiUseSandbox
@@ -260,8 +261,12 @@ class SandboxPool:
         kills one that runs; the sandbox is restored before it is lent again."""
         guard = CallGuard()
         # A task cancelled before its call starts: the worker sees guard.cancelled and drops it.
-        future = self._workers.run_for_loop(lambda: self._guarded_call(guard, name, args, timeout))
-        return await await_cancellable(future, guard)
+        future = self._workers.run_for_loop(self._guarded_call, guard, name, args, timeout)
+        try:  # await_cancellable(), inlined: one coroutine less per acall on the event loop
+            return await future
+        except asyncio.CancelledError:
+            cancelled(guard)
+            raise
 
     def _guarded_call(self, guard: CallGuard, name: str, args: tuple[Any, ...], timeout: float | None) -> Any:
         if guard.cancelled:

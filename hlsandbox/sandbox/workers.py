@@ -52,14 +52,14 @@ class Workers:
         self._post(job, future)
         return future
 
-    def run_for_loop(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-        """fn() on a worker: an asyncio future of the running loop, settled on that loop."""
+    def run_for_loop(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """fn(*args) on a worker: an asyncio future of the running loop, settled on that loop."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
         def job() -> None:
             try:
-                outcome = (True, fn())
+                outcome = (True, fn(*args))
             except BaseException as e:  # handed to the awaiting task
                 outcome = (False, e)
             self._deliver(loop, future, outcome)
