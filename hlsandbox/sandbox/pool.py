@@ -172,8 +172,8 @@ class SandboxPool:
         self._missing = 0  # sandboxes to create when next needed (a replacement failed)
         self._closed = False
         self._workers = Workers(size)  # threads start with the first submit(), map() or acall()
-        self._restorer = Restorer(self._restore_and_return) if self._hot_target else None
-        if self._restorer is not None:  # a pool dropped unclosed ends its restorer thread
+        self._restorer = Restorer(self._restore_and_return, self._hot_target) if self._hot_target else None
+        if self._restorer is not None:  # a pool dropped unclosed ends its restorer threads
             weakref.finalize(self, self._restorer.close)
         self._heating = 0  # hot sandboxes being created
         self._lends = self._calls = self._restores = self._replacements = self._exhausted = 0
@@ -221,7 +221,7 @@ class SandboxPool:
             if self._restoring_calls and not sb.is_hot:
                 result = sb.call(name, *args, timeout=timeout, restore=True)
                 restored = True  # call(restore=True) raises if its restore failed
-            elif self._restoring_calls:  # hot: restored on the restorer's thread
+            elif self._restoring_calls:  # hot: restored on a restorer thread
                 result = sb.call(name, *args, timeout=timeout, restore=False)
             else:
                 result = sb.call(name, *args, timeout=timeout)
@@ -345,7 +345,7 @@ class SandboxPool:
         return sb
 
     def _give_back(self, sb: Any, restored: bool, called: bool) -> None:
-        """Takes a sandbox back from its borrower: a hot one to the restorer's thread,
+        """Takes a sandbox back from its borrower: a hot one to a restorer thread,
         any other restored (or replaced) here."""
         if not restored and self._restorer is not None and not self._closed and sb.is_hot:
             if called:

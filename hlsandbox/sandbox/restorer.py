@@ -3,7 +3,7 @@
 A hot sandbox's restore costs its guest an exit (it must park so its registers can
 be set, docs/architecture.md "Hot mode"): about 30 µs on kvm-pvm, as much as a whole
 cold call. Done by the borrower, it would make a hot pooled call cost more than a cold
-one. Here a thread takes hot sandboxes as they are given back and restores them; the
+one. Here threads take hot sandboxes as they are given back and restore them; the
 restore re-arms the guest, which waits in its mailbox, so the next borrower's call is
 answered without any exit. The pool lends a sandbox again only once it is restored."""
 from __future__ import annotations
@@ -21,15 +21,18 @@ _STOP = object()
 
 
 class Restorer:
-    """One thread, started on first use, calling `restore_and_return(sb)` for every
-    sandbox put, in the order put. `restore_and_return` is a method of the pool, held
+    """`count` threads (one per hot sandbox: one guest slow to park must not hold up the
+    others' restores), started as sandboxes are put, calling `restore_and_return(sb)`
+    for every sandbox put, in the order put. `restore_and_return` is a method of the pool, held
     weakly (the thread must not keep a dropped pool alive); the owner closes the
     Restorer when it goes (SandboxPool: close() and a weakref.finalize)."""
 
-    def __init__(self, restore_and_return: Callable[[Any], None]) -> None:
+    def __init__(self, restore_and_return: Callable[[Any], None], count: int = 1) -> None:
         self._restore_and_return = weakref.WeakMethod(restore_and_return)
+        self._count = count
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._busy = 0  # sandboxes put and not yet restored
         self._lock = threading.Lock()
         self._closed = False
 
@@ -37,9 +40,11 @@ class Restorer:
         """Queues `sb` for its restore; after close(), restores it on the calling thread."""
         with self._lock:
             if not self._closed:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
-                    self._thread.start()
+                self._busy += 1
+                if len(self._threads) < min(self._busy, self._count):
+                    t = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
+                    t.start()
+                    self._threads.append(t)
                 self._queue.put(sb)  # under the lock: before close()'s stop, so it is restored
                 return
         self._restore(sb)
@@ -58,6 +63,9 @@ class Restorer:
                 self._restore(sb)
             except BaseException as e:  # the pool counts and logs its own failures; this is a bug
                 LOG.error("restoring a pooled sandbox raised %s: %s", type(e).__name__, str(e))
+            finally:
+                with self._lock:
+                    self._busy -= 1
             del sb
 
     def close(self) -> None:
@@ -66,8 +74,10 @@ class Restorer:
             if self._closed:
                 return
             self._closed = True
-            thread = self._thread
-            if thread is not None:
+            threads = list(self._threads)
+            for _ in threads:
                 self._queue.put(_STOP)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        me = threading.current_thread()
+        for t in threads:
+            if t is not me:
+                t.join()

@@ -176,7 +176,7 @@ def test_a_dropped_hot_pool_ends_its_threads():
     gc.collect()
     assert ref() is None, "the restorer thread keeps a dropped pool alive"
     assert set(threading.enumerate()) <= before
-    assert fd_thread_map_counts()["tasks"] <= tasks - 3  # the restorer and both vCPU threads
+    assert fd_thread_map_counts()["tasks"] <= tasks - 3  # a restorer and both vCPU threads
 
 
 @pytest.mark.parametrize("hot, spin", [(-1, 0.001), (3, 0.001), (True, 0.001), (1.0, 0.001), (1, 0), (1, 61)])
