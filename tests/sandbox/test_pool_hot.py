@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import random
 import threading
 import time
 import weakref
@@ -23,6 +25,25 @@ def settle(pool: hl.SandboxPool, timeout: float = 10.0) -> hl.PoolStats:
         assert time.monotonic() < deadline, f"sandboxes not back after {timeout} s: {s}"
         time.sleep(0.001)
     return s
+
+
+def killed_spin(sb: hl.MultiUseSandbox) -> None:
+    """Calls Spin on `sb` and kills it from another thread once it runs (a kill before
+    the call starts does nothing, so it is retried)."""
+    handle, done = sb.interrupt_handle(), threading.Event()
+
+    def kill() -> None:
+        while not handle.kill() and not done.wait(0.002):
+            pass
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        with pytest.raises(hl.ExecutionCanceled) as e:
+            sb.call("Spin", timeout=30)
+        assert type(e.value) is hl.ExecutionCanceled  # killed, not timed out
+    finally:
+        done.set()
+        killer.join()
 
 
 def hot_paths(pool: hl.SandboxPool) -> list:
@@ -70,9 +91,7 @@ def test_failed_calls_leave_clean_hot_sandboxes():
             pool.call("Spin", timeout=0.05)
         with pool.sandbox() as sb:
             sb.call("SetStatic", 9)
-            threading.Timer(0.05, sb.interrupt_handle().kill).start()
-            with pytest.raises(hl.ExecutionCanceled):
-                sb.call("Spin")
+            killed_spin(sb)
         s = settle(pool)
         assert s.errors == {"GuestAborted": 1, "ExecutionTimeout": 1}
         assert s.replacements == 0 and s.hot == 2
@@ -143,6 +162,64 @@ def test_close_while_calls_and_restores_run():
         assert not t.is_alive()
     assert all(isinstance(e, (hl.SandboxClosed, hl.ExecutionCanceled)) for e in errors), errors
     assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
+
+
+LOAD_SECONDS = 120.0 if os.environ.get("HLSANDBOX_LONG_FUZZ") == "1" else 2.0
+
+
+def test_mixed_load_every_lend_is_clean():
+    """4 threads on a pool of 3 (2 hot) for LOAD_SECONDS: calls that check they start
+    from the snapshot, aborts, timeouts and kills mixed at random; nothing hangs, every
+    failure is the expected one and no sandbox needs replacing."""
+    errors: list[BaseException] = []
+    counts = {"clean": 0, "abort": 0, "timeout": 0, "kill": 0}
+    lock = threading.Lock()
+
+    def count(what: str) -> None:
+        with lock:
+            counts[what] += 1
+
+    def worker(pool: hl.SandboxPool, seed: int, stop: float) -> None:
+        rng = random.Random(seed)
+        try:
+            while time.monotonic() < stop:
+                k = rng.random()
+                if k < 0.7:
+                    with pool.sandbox(timeout=30) as sb:
+                        assert sb.call("GetStatic") == 0
+                        v = rng.randrange(1, 1000)
+                        sb.call("SetStatic", v)
+                        text = "x" * rng.randrange(3000)
+                        assert sb.call("Echo", text) == text
+                        assert sb.call("GetStatic") == v
+                    count("clean")
+                elif k < 0.8:
+                    with pytest.raises(hl.GuestAborted):
+                        pool.call("Abort", 3, "boom")
+                    count("abort")
+                elif k < 0.9:
+                    with pytest.raises(hl.ExecutionTimeout):
+                        pool.call("Spin", timeout=0.01)
+                    count("timeout")
+                else:
+                    with pool.sandbox(timeout=30) as sb:
+                        killed_spin(sb)
+                    count("kill")
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    with hl.SandboxPool(SIMPLE, size=3, hot=2, spin=0.005) as pool:
+        stop = time.monotonic() + LOAD_SECONDS
+        threads = [threading.Thread(target=worker, args=(pool, seed, stop)) for seed in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(LOAD_SECONDS + 60)
+            assert not t.is_alive()
+        assert not errors, errors[:3]
+        s = settle(pool)
+        assert s.replacements == 0 and s.hot == 2
+        assert min(counts.values()) > 0, counts
 
 
 def test_nothing_leaks():
