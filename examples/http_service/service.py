@@ -115,10 +115,10 @@ def call_answer(sigs: dict[str, hl.Signature], name: str, body: bytes, call: Any
         return error_answer(e)
 
 
-def make_app(source: Any = None, *, mode: str = "pool", size: int = 2) -> Starlette:
+def make_app(source: Any = None, *, mode: str = "pool", size: int = 2, hot: int = 0) -> Starlette:
     """The service for guest `source` (a guest path or snapshot file; default the bundled
-    simpleguest), running each call on a pool of `size` sandboxes (mode "pool") or in a
-    new process (mode "subprocess")."""
+    simpleguest), running each call on a pool of `size` sandboxes, `hot` of them kept hot
+    (mode "pool"), or in a new process (mode "subprocess")."""
     if mode not in ("pool", "subprocess"):
         raise ValueError(f"mode must be 'pool' or 'subprocess', not {mode!r}")
     source = source if source is not None else hl.guests.path("simpleguest")
@@ -127,7 +127,8 @@ def make_app(source: Any = None, *, mode: str = "pool", size: int = 2) -> Starle
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(hl.SandboxPool(source, size=size, host_functions=HOST_FUNCTIONS))
+            pool = stack.enter_context(hl.SandboxPool(source, size=size, host_functions=HOST_FUNCTIONS,
+                                                      hot=hot if mode == "pool" else 0))
             state["sigs"] = signatures(pool.snapshot)
             if mode == "pool":
                 state["pool"] = pool
@@ -155,7 +156,7 @@ def make_app(source: Any = None, *, mode: str = "pool", size: int = 2) -> Starle
         if pool is None:
             return JSONResponse({"mode": mode})
         s = pool.stats()
-        return JSONResponse({"mode": mode, "calls": s.calls, "restores": s.restores,
+        return JSONResponse({"mode": mode, "calls": s.calls, "restores": s.restores, "lent": s.lent, "hot": s.hot,
                              "replacements": s.replacements, "errors": dict(s.errors)})
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -222,9 +223,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--mode", choices=["pool", "subprocess"], default="pool")
     parser.add_argument("--size", type=int, default=2, help="sandboxes in the pool")
+    parser.add_argument("--hot", type=int, default=0, help="of which kept hot (docs/architecture.md, 'Hot mode')")
     parser.add_argument("--guest", help="a guest ELF or snapshot file (default: simpleguest)")
     a = parser.parse_args(argv)
-    serve(a.host, a.port, source=a.guest, mode=a.mode, size=a.size)
+    serve(a.host, a.port, source=a.guest, mode=a.mode, size=a.size, hot=a.hot)
 
 
 if __name__ == "__main__":
