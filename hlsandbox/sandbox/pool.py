@@ -14,6 +14,7 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -30,12 +31,12 @@ from .aio import CallGuard, CancelledCall, cancelled, run_guarded
 from .config import SandboxConfiguration
 from .hot_mode import DEFAULT_SPIN, check_hot_capable, start_hot
 from .multi_use import MultiUseSandbox
-from .restorer import Restorer
 from .snapshot import Snapshot, is_snapshot_file
 from .uninitialized import UninitializedSandbox
 from .workers import Workers
 
 LOG = logging.getLogger("hlsandbox.pool")
+RESTORER_THREADS = "hlsandbox-pool-restorer"  # name of the threads restoring hot sandboxes
 DEFAULT_MAX_WAIT = 30.0  # seconds a caller waits for a free sandbox unless told otherwise
 WAIT_SAMPLES = 4096  # the most recent waits the percentiles are computed from
 
@@ -172,9 +173,11 @@ class SandboxPool:
         self._missing = 0  # sandboxes to create when next needed (a replacement failed)
         self._closed = False
         self._workers = Workers(size)  # threads start with the first submit(), map() or acall()
-        self._restorer = Restorer(self._restore_and_return, self._hot_target) if self._hot_target else None
-        if self._restorer is not None:  # a pool dropped unclosed ends its restorer threads
-            weakref.finalize(self, self._restorer.close)
+        # Hot sandboxes given back are restored here, one thread per hot sandbox at most, so
+        # a guest slow to park holds up no other (docs/architecture.md, "In a SandboxPool").
+        self._restorer = Workers(self._hot_target, RESTORER_THREADS) if self._hot_target else None
+        # The threads hold the Workers, not the pool: a pool dropped unclosed ends them.
+        weakref.finalize(self, _close_workers, self._workers, self._restorer)
         self._heating = 0  # hot sandboxes being created
         self._lends = self._calls = self._restores = self._replacements = self._exhausted = 0
         self._errors: collections.Counter[str] = collections.Counter()
@@ -351,12 +354,12 @@ class SandboxPool:
             if called:
                 with self._cond:
                     self._calls += 1
-            self._restorer.put(sb)
-            return
+            try:
+                self._restorer.post(functools.partial(self._release, sb, False, False))
+                return
+            except SandboxClosed:  # the pool closed meanwhile: _release() closes it
+                called = False
         self._release(sb, restored, called)
-
-    def _restore_and_return(self, sb: Any) -> None:
-        self._release(sb, False, called=False)
 
     def _take_free(self) -> Any:
         """A free sandbox (the lock held): a hot one if any, else the most recently used
@@ -480,9 +483,7 @@ class SandboxPool:
             _close_quietly(sb)
         # Queued submit()s are cancelled, queued acall()s raise SandboxClosed; from a
         # worker thread itself, the others are not waited for (its own join would deadlock).
-        self._workers.close()
-        if self._restorer is not None:
-            self._restorer.close()
+        _close_workers(self._workers, self._restorer)
         if self._owned_snapshot is not None:
             self._owned_snapshot.close()
             self._owned_snapshot = None
@@ -555,6 +556,12 @@ def _percentiles(ordered: list[float]) -> dict[str, float]:
     def at(q: float) -> float:
         return ordered[min(n - 1, max(0, math.ceil(q * n) - 1))]
     return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": ordered[-1]}
+
+
+def _close_workers(*workers: Workers | None) -> None:
+    for w in workers:
+        if w is not None:
+            w.close()
 
 
 def _close_quietly(sb: Any) -> None:

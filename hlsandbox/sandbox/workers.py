@@ -25,10 +25,12 @@ _STOP = object()
 
 
 class Workers:
-    """`count` daemon threads started on first use, running jobs in the order posted."""
+    """`count` daemon threads (named `name`-N) started as jobs come, running jobs in the
+    order posted."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, name: str = THREAD_PREFIX) -> None:
         self._count = count
+        self._name = name
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -67,12 +69,17 @@ class Workers:
         self._post(job, None)
         return future
 
+    def post(self, job: Callable[[], None]) -> None:
+        """job() on a worker; one still queued at close() runs there, on the closing
+        thread. Raises SandboxClosed after close()."""
+        self._post(job, None)
+
     def _post(self, job: Callable[[], None], future: concurrent.futures.Future[Any] | None) -> None:
         with self._lock:
             if self._closed:
                 raise SandboxClosed("the pool is closed")
             if len(self._threads) < self._count:
-                t = threading.Thread(target=self._run, name=f"{THREAD_PREFIX}-{len(self._threads)}", daemon=True)
+                t = threading.Thread(target=self._run, name=f"{self._name}-{len(self._threads)}", daemon=True)
                 t.start()
                 self._threads.append(t)
             self._jobs.put((job, future))

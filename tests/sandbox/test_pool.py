@@ -7,6 +7,7 @@ import gc
 import os
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -224,6 +225,27 @@ def fd_thread_map_counts() -> dict[str, int]:
             "tasks": len(os.listdir("/proc/self/task"))}
 
 
+def assert_nothing_leaked(before: dict[str, int]) -> None:
+    """The process has the fds, threads and tasks of `before` (fd_thread_map_counts())
+    again, and at most a few more mappings (allocator arenas)."""
+    after = fd_thread_map_counts()
+    assert after["fds"] == before["fds"]
+    assert after["threads"] == before["threads"]
+    assert after["tasks"] == before["tasks"]
+    assert after["maps"] <= before["maps"] + 16
+
+
+def test_a_dropped_pool_ends_its_worker_threads():
+    before = set(threading.enumerate())
+    pool = hl.SandboxPool(SIMPLE, size=2)
+    assert pool.submit("Add", 1, 1).result(10) == 2
+    ref = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert ref() is None
+    assert set(threading.enumerate()) <= before
+
+
 def test_nothing_leaks():
     with hl.SandboxPool(SIMPLE, size=2) as warm:  # process-wide things exist first
         warm.submit("Add", 1, 1).result(10)
@@ -237,8 +259,4 @@ def test_nothing_leaks():
             with p.sandbox() as sb:
                 sb.close()  # a replacement
     del p, sb
-    after = fd_thread_map_counts()
-    assert after["fds"] == before["fds"]
-    assert after["threads"] == before["threads"]
-    assert after["tasks"] == before["tasks"]
-    assert after["maps"] <= before["maps"] + 16
+    assert_nothing_leaked(before)

@@ -1,4 +1,4 @@
-"""SandboxPool(hot=): pooled sandboxes kept hot, restored on the pool's restorer thread."""
+"""SandboxPool(hot=): pooled sandboxes kept hot, restored on the pool's restorer threads."""
 from __future__ import annotations
 
 import asyncio
@@ -10,10 +10,10 @@ import time
 import weakref
 
 import pytest
-from test_pool import HOST_ADD, SIMPLE, fd_thread_map_counts
+from test_pool import HOST_ADD, SIMPLE, assert_nothing_leaked, fd_thread_map_counts
 
 import hlsandbox as hl
-from hlsandbox.sandbox.restorer import THREAD_NAME
+from hlsandbox.sandbox.pool import RESTORER_THREADS
 
 pytestmark = pytest.mark.kvm
 
@@ -161,7 +161,7 @@ def test_close_while_calls_and_restores_run():
         t.join(10)
         assert not t.is_alive()
     assert all(isinstance(e, (hl.SandboxClosed, hl.ExecutionCanceled)) for e in errors), errors
-    assert not [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    assert not [t for t in threading.enumerate() if t.name.startswith(RESTORER_THREADS)]
 
 
 LOAD_SECONDS = 120.0 if os.environ.get("HLSANDBOX_LONG_FUZZ") == "1" else 2.0
@@ -234,11 +234,7 @@ def test_nothing_leaks():
             with p.sandbox() as sb:
                 sb.close()  # a replacement
     del p, sb
-    after = fd_thread_map_counts()
-    assert after["fds"] == before["fds"]
-    assert after["threads"] == before["threads"]
-    assert after["tasks"] == before["tasks"]
-    assert after["maps"] <= before["maps"] + 16
+    assert_nothing_leaked(before)
 
 
 def test_a_dropped_hot_pool_ends_its_threads():
@@ -246,7 +242,7 @@ def test_a_dropped_hot_pool_ends_its_threads():
     pool = hl.SandboxPool(SIMPLE, size=2, hot=2, spin=0.5)
     pool.call("Add", 1, 1)
     settle(pool)
-    assert [t for t in threading.enumerate() if t.name == THREAD_NAME]
+    assert [t for t in threading.enumerate() if t.name.startswith(RESTORER_THREADS)]
     tasks = fd_thread_map_counts()["tasks"]
     ref = weakref.ref(pool)
     del pool
