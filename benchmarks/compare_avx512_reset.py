@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hlsandbox as hl  # noqa: E402
 from hlsandbox.hypervisor import device  # noqa: E402
-from hlsandbox.mem.trampoline import host_has_avx512, trampoline_code  # noqa: E402
+from hlsandbox.mem.trampoline import trampoline_code  # noqa: E402
 
 
 def make(clear_avx512: bool) -> hl.MultiUseSandbox:
@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=16)
     ap.add_argument("--calls", type=int, default=2000)
     args = ap.parse_args()
-    if not (device.is_kvm_pvm() and host_has_avx512()):
+    if not (device.is_kvm_pvm() and device.host_has_avx512()):
         print("not kvm-pvm with an AVX-512 host: the trampoline clears no AVX-512 state here")
         return 0
     with make(True) as strict, make(False) as plain:

@@ -7,6 +7,8 @@ def is_kvm_pvm() -> bool:
     """True on kvm-pvm, the paravirtual KVM that emulates guest CPL0 code."""
 def host_cpu_flags() -> frozenset[str]:
     """The flags of the first CPU in /proc/cpuinfo (empty if it cannot be read)."""
+def host_has_avx512() -> bool:
+    """Whether the host CPU (and kernel) offer AVX-512."""
 def cpuid_needed(cpl3_guest: bool) -> bool:
     """Whether a vCPU needs KVM_SET_CPUID2."""
 def check_kvm() -> None:

@@ -67,6 +67,12 @@ def host_cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def host_has_avx512() -> bool:
+    """Whether the host CPU (and kernel) offer AVX-512: the CPU flags Linux reports list
+    only features whose register state the kernel saves."""
+    return "avx512f" in host_cpu_flags()
+
+
 def cpuid_needed(cpl3_guest: bool) -> bool:
     """Whether a vCPU needs KVM_SET_CPUID2 (60-90 us on kvm-pvm, on the critical path of
     creating a sandbox). On kvm-pvm a CPL3 guest's `cpuid` reaches the hypervisor only

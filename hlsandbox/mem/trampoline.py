@@ -57,14 +57,3 @@ def trampoline_code(clear_avx: bool, clear_avx512: bool = False) -> bytes:
     return code
 
 
-def host_has_avx512() -> bool:
-    """Whether the host CPU (and kernel) offer AVX-512: the CPU flags Linux reports list
-    only features whose register state the kernel saves."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
-    except OSError:
-        pass
-    return False

@@ -97,7 +97,6 @@ PARK_TIMEOUT = 1.0  # seconds a guest gets to park when asked before it is stopp
 # Before a restore: the restore resets the guest whatever it did, so one that does not park
 # at once is simply stopped (a pool's restorer must not wait a second per hostile guest).
 RESTORE_PARK_TIMEOUT = 0.02
-cdef double _park_timeout = PARK_TIMEOUT, _restore_park_timeout = RESTORE_PARK_TIMEOUT
 
 
 cdef struct vcpu_thread:
@@ -289,7 +288,7 @@ cdef class HotPath:
 
     def restore(self, plan):
         """The fast restore `plan` (CallPath.restore), after parking the guest; the guest
-        then waits in the mailbox for the next call (see rearm())."""
+        then waits in the mailbox for the next call (see _rearm())."""
         self.claim()
         try:
             self._park_claimed()
@@ -306,13 +305,10 @@ cdef class HotPath:
             self.vm.release()
         return 0
 
-    def rearm(self):
-        """Runs a parked guest into the mailbox to wait for the next call (the vCPU must be
+    cdef int _rearm(self) except -1:
+        """Runs a parked guest into the mailbox to wait for the next call (the vCPU
         claimed): that call then costs no KVM_RUN. A no-op unless the guest is parked at
         its HALT and the sandbox is not poisoned."""
-        self._rearm()
-
-    cdef int _rearm(self) except -1:
         # The guest resumes from its `out HALT` (after a restore: through the restore
         # trampoline), finds `state` still POSTED | HALT and spins as if it had posted it
         # (docs/abi.md, "Hot mode": re-arming); the next call answers it with a CAS.
@@ -340,7 +336,7 @@ cdef class HotPath:
         if self.cold.poisoned:
             self._stop()
         else:
-            self._park_within(_restore_park_timeout)
+            self._park_within(RESTORE_PARK_TIMEOUT)
         return 0
 
     def park(self):
@@ -571,7 +567,7 @@ cdef class HotPath:
     cdef int _park(self) except -1:
         """Asks a spinning guest to park (mode cold); waits for its `out`. A guest that
         does not within PARK_TIMEOUT is stopped, the sandbox poisoned (GuestProtocolError)."""
-        if not self._park_within(_park_timeout):
+        if not self._park_within(PARK_TIMEOUT):
             raise GuestProtocolError("hot mode: the guest did not leave the mailbox when asked")
         return 0
 

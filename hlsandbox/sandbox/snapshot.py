@@ -24,7 +24,7 @@ from ..hypervisor.vcpu_state import STATE_SIZE, Expected, state_problems
 from ..mem.layout import PAGE, TRAMPOLINE_FXSAVE, TRAMPOLINE_TARGET, TSS_SIZE, SandboxMemoryLayout
 from ..mem.shared_memory import SharedMemory, nonzero_pages, page_runs
 from ..mem.system_tables import GDT_I686_LIMIT, GDT_LIMIT, IDT_I686_LIMIT, IDT_LIMIT
-from ..mem.trampoline import host_has_avx512, trampoline_code
+from ..mem.trampoline import trampoline_code
 from .call_path import RestorePlan, restore_pages
 from .config import SandboxConfiguration
 from .guest_functions import GuestFunction
@@ -527,7 +527,7 @@ def _trampoline_state() -> tuple[tuple[bool, bool], bytes]:
     global _TRAMPOLINE
     if _TRAMPOLINE is None:
         pvm = device.is_kvm_pvm()
-        kind = (pvm, pvm and host_has_avx512())
+        kind = (pvm, pvm and device.host_has_avx512())
         _TRAMPOLINE = (kind, trampoline_code(*kind))
     return _TRAMPOLINE
 

@@ -11,7 +11,7 @@ import pytest
 
 import hlsandbox as hl
 from hlsandbox.hypervisor import device, kvm
-from hlsandbox.mem.trampoline import host_has_avx512, trampoline_code
+from hlsandbox.mem.trampoline import trampoline_code
 
 from helpers import host_add, make_sandbox
 
@@ -119,7 +119,7 @@ def test_i686_debug_registers_travel_in_snapshot_files(tmp_path):
 
 # -- amd64 on kvm-pvm: AVX-512 --------------------------------------------------------------------
 
-avx512 = pytest.mark.skipif(not (device.is_kvm_pvm() and host_has_avx512()),
+avx512 = pytest.mark.skipif(not (device.is_kvm_pvm() and device.host_has_avx512()),
                             reason="only kvm-pvm with an AVX-512 host lets a CPL3 guest use AVX-512")
 VALUE = 0x1234567890ABCDEF
 
